@@ -1,0 +1,397 @@
+//! AWS Secrets Manager, authenticated with the instance role's credentials from IMDSv2.
+
+use crate::error::{FetchError, describe_io, find_io_error};
+use crate::identity::aws_imds::{self, ImdsSettings, InstanceIdentity};
+use crate::manifest::{AwsEntry, SecretEntry};
+use crate::plan::EnvLookup;
+use crate::retry::{Deadline, RetryError, retry};
+use crate::secret::Secret;
+use aws_sdk_secretsmanager::config::{
+    BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig,
+};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use std::time::Duration;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Validated settings of one `type = "aws"` backend.
+#[derive(Debug, Clone)]
+pub struct AwsConfig {
+    /// None: read from the instance identity document at run time.
+    pub region: Option<(String, &'static str)>,
+    pub endpoint: Option<(String, &'static str)>,
+    pub imds: ImdsSettings,
+    pub imds_source: &'static str,
+    pub use_fips: bool,
+    pub timeout: Duration,
+}
+
+/// What to fetch for one secret.
+#[derive(Debug, Clone)]
+pub struct AwsSecretRef {
+    pub secret_id: String,
+    pub version_id: Option<String>,
+    pub version_stage: Option<String>,
+}
+
+fn valid_url(u: &str) -> bool {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"));
+    matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !u.chars().any(char::is_whitespace))
+}
+
+/// First of: the manifest key, then each environment variable in order.
+fn setting(
+    key: Option<&String>,
+    key_name: &'static str,
+    env: EnvLookup<'_>,
+    vars: &[&'static str],
+) -> Option<(String, &'static str)> {
+    if let Some(v) = key {
+        return Some((v.clone(), key_name));
+    }
+    vars.iter().find_map(|v| env(v).map(|x| (x, *v)))
+}
+
+pub fn plan(e: &AwsEntry, env: EnvLookup<'_>) -> Result<AwsConfig, Vec<String>> {
+    let mut errors = Vec::new();
+    let region = setting(
+        e.region.as_ref(),
+        "region",
+        env,
+        &["AWS_REGION", "AWS_DEFAULT_REGION"],
+    );
+    if let Some((r, src)) = &region
+        && (r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    {
+        errors.push(format!("{src} `{r}` is not a region name"));
+    }
+    let endpoint = setting(
+        e.endpoint.as_ref(),
+        "endpoint",
+        env,
+        &["AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL"],
+    );
+    if let Some((u, src)) = &endpoint
+        && !valid_url(u)
+    {
+        errors.push(format!("{src} `{u}` is not an http:// or https:// URL"));
+    }
+    let mode = setting(
+        e.imds_endpoint_mode.as_ref(),
+        "imds_endpoint_mode",
+        env,
+        &["AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE"],
+    );
+    let default_imds = match mode.as_ref().map(|(m, s)| (m.to_ascii_lowercase(), *s)) {
+        None => aws_imds::DEFAULT_ENDPOINT,
+        Some((m, _)) if m == "ipv4" => aws_imds::DEFAULT_ENDPOINT,
+        Some((m, _)) if m == "ipv6" => aws_imds::DEFAULT_ENDPOINT_IPV6,
+        Some((m, src)) => {
+            errors.push(format!("{src} `{m}` is not \"ipv4\" or \"ipv6\""));
+            aws_imds::DEFAULT_ENDPOINT
+        }
+    };
+    let (imds_endpoint, imds_source) = setting(
+        e.imds_endpoint.as_ref(),
+        "imds_endpoint",
+        env,
+        &["AWS_EC2_METADATA_SERVICE_ENDPOINT"],
+    )
+    .unwrap_or((default_imds.to_string(), "default"));
+    if !valid_url(&imds_endpoint) {
+        errors.push(format!(
+            "IMDS endpoint `{imds_endpoint}` is not an http:// or https:// URL"
+        ));
+    }
+    let use_fips = match e.use_fips {
+        Some(b) => b,
+        None => match env("AWS_USE_FIPS_ENDPOINT").as_deref() {
+            None => false,
+            Some(v) if v.eq_ignore_ascii_case("true") => true,
+            Some(v) if v.eq_ignore_ascii_case("false") => false,
+            Some(v) => {
+                errors.push(format!("AWS_USE_FIPS_ENDPOINT `{v}` is not true or false"));
+                false
+            }
+        },
+    };
+    let timeout = match e.timeout_seconds {
+        None => DEFAULT_TIMEOUT,
+        Some(t) if (1..=300).contains(&t) => Duration::from_secs(t),
+        Some(t) => {
+            errors.push(format!("timeout_seconds = {t}: must be between 1 and 300"));
+            DEFAULT_TIMEOUT
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(AwsConfig {
+        region,
+        endpoint,
+        imds: ImdsSettings {
+            endpoint: imds_endpoint.trim_end_matches('/').to_string(),
+            timeout: timeout.min(Duration::from_secs(5)),
+        },
+        imds_source,
+        use_fips,
+        timeout,
+    })
+}
+
+pub fn plan_secret(e: &SecretEntry) -> Result<AwsSecretRef, Vec<String>> {
+    let mut errors = Vec::new();
+    if e.reference.trim().is_empty() {
+        errors.push("`ref` must name a secret (its name or ARN)".to_string());
+    }
+    for (k, v) in [
+        ("version_id", &e.version_id),
+        ("version_stage", &e.version_stage),
+    ] {
+        if v.as_deref() == Some("") {
+            errors.push(format!("{k} must not be empty"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(AwsSecretRef {
+        secret_id: e.reference.clone(),
+        version_id: e.version_id.clone(),
+        version_stage: e.version_stage.clone(),
+    })
+}
+
+impl AwsConfig {
+    pub fn describe(&self) -> String {
+        let region = match &self.region {
+            Some((r, src)) => format!("region {r} (from {src})"),
+            None => "region from the instance identity document".to_string(),
+        };
+        let endpoint = match &self.endpoint {
+            Some((u, src)) => format!("endpoint {u} (from {src})"),
+            None => "default endpoint".to_string(),
+        };
+        format!(
+            "aws Secrets Manager, {region}, {endpoint}{}, credentials from IMDSv2 at {} ({}), request timeout {} s",
+            if self.use_fips { ", FIPS" } else { "" },
+            self.imds.endpoint,
+            self.imds_source,
+            self.timeout.as_secs()
+        )
+    }
+}
+
+impl AwsSecretRef {
+    pub fn describe(&self) -> String {
+        let mut s = self.secret_id.clone();
+        if let Some(v) = &self.version_id {
+            s += &format!(" [version_id {v}]");
+        }
+        if let Some(v) = &self.version_stage {
+            s += &format!(" [version_stage {v}]");
+        }
+        s
+    }
+}
+
+/// A connected Secrets Manager client, holding the instance role's credentials.
+pub struct AwsBackend {
+    client: aws_sdk_secretsmanager::Client,
+}
+
+impl AwsBackend {
+    /// Obtains credentials (and the region if needed) from IMDSv2, retrying within `deadline`.
+    pub async fn connect(
+        name: &str,
+        cfg: &AwsConfig,
+        deadline: &Deadline,
+    ) -> Result<Self, RetryError> {
+        let identity = InstanceIdentity::new(&cfg.imds).map_err(RetryError::Permanent)?;
+        let creds = retry(
+            &format!("backend `{name}`: IMDSv2 credentials"),
+            deadline,
+            |_| identity.credentials(),
+        )
+        .await?;
+        let region = match &cfg.region {
+            Some((r, _)) => r.clone(),
+            None => {
+                retry(
+                    &format!("backend `{name}`: IMDSv2 region"),
+                    deadline,
+                    |_| identity.region(),
+                )
+                .await?
+            }
+        };
+        let credentials = Credentials::new(
+            creds.access_key_id.clone(),
+            creds.secret_access_key.expose(),
+            Some(creds.session_token.expose().to_string()),
+            creds.expiration,
+            "bootsecrets-imdsv2",
+        );
+        drop(creds);
+        // Retries are ours (deadline-bound, transient-only); the SDK makes exactly one attempt.
+        let mut b = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .credentials_provider(credentials)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
+                    .operation_attempt_timeout(cfg.timeout)
+                    .build(),
+            )
+            .use_fips(cfg.use_fips);
+        if let Some((u, _)) = &cfg.endpoint {
+            b = b.endpoint_url(u);
+        }
+        Ok(AwsBackend {
+            client: aws_sdk_secretsmanager::Client::from_conf(b.build()),
+        })
+    }
+
+    /// One GetSecretValue attempt. The value moves into a [`Secret`] without a copy.
+    pub async fn fetch(&self, r: &AwsSecretRef) -> Result<(Secret, Option<String>), FetchError> {
+        let out = self
+            .client
+            .get_secret_value()
+            .secret_id(&r.secret_id)
+            .set_version_id(r.version_id.clone())
+            .set_version_stage(r.version_stage.clone())
+            .send()
+            .await
+            .map_err(|e| classify(&e))?;
+        let version = out.version_id;
+        if let Some(s) = out.secret_string {
+            Ok((Secret::from_string(s), version))
+        } else if let Some(b) = out.secret_binary {
+            Ok((Secret::new(b.into_inner()), version))
+        } else {
+            Err(FetchError::permanent(
+                "the response has neither SecretString nor SecretBinary",
+            ))
+        }
+    }
+}
+
+/// An AWS error code, from the parsed error, the `X-Amzn-ErrorType` header, or an XML `<Code>`
+/// element (moto answers auth errors in XML). Only the code token is read, never the message.
+fn error_code<E: ProvideErrorMetadata>(err: &E, raw: Option<&HttpResponse>) -> Option<String> {
+    let sanitize = |s: &str| -> Option<String> {
+        let c: String = s
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_')
+            .take(64)
+            .collect();
+        (!c.is_empty()).then_some(c)
+    };
+    if let Some(c) = err.code().and_then(sanitize) {
+        return Some(c);
+    }
+    let raw = raw?;
+    if let Some(c) = raw.headers().get("x-amzn-errortype").and_then(sanitize) {
+        return Some(c);
+    }
+    let body = raw.body().bytes()?;
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let end = text[start..].find("</Code>")? + start;
+    sanitize(&text[start..end])
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> FetchError {
+    match err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let code =
+                error_code(ctx.err(), Some(ctx.raw())).unwrap_or_else(|| "no error code".into());
+            let retry_after = ctx
+                .raw()
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let (transient, what) = match code.as_str() {
+                "ThrottlingException"
+                | "Throttling"
+                | "TooManyRequestsException"
+                | "RequestLimitExceeded"
+                | "SlowDown" => (true, "throttled"),
+                "InternalServiceError"
+                | "InternalFailure"
+                | "ServiceUnavailable"
+                | "RequestTimeout"
+                | "RequestTimeoutException" => (true, "service error"),
+                "ResourceNotFoundException" => (false, "not found"),
+                "AccessDeniedException" | "AccessDenied" => (false, "access denied"),
+                "UnrecognizedClientException" | "InvalidClientTokenId" => {
+                    (false, "the instance credentials were not recognised")
+                }
+                "SignatureDoesNotMatch" | "IncompleteSignature" => {
+                    (false, "the request signature was rejected")
+                }
+                "ExpiredTokenException" | "ExpiredToken" => {
+                    (false, "the instance credentials have expired")
+                }
+                "DecryptionFailure" => (
+                    false,
+                    "KMS cannot decrypt the secret (check kms:Decrypt on its key)",
+                ),
+                "InvalidRequestException" => (
+                    false,
+                    "invalid request (for example, the secret is scheduled for deletion)",
+                ),
+                "InvalidParameterException" => (
+                    false,
+                    "invalid parameter (check ref, version_id and version_stage)",
+                ),
+                _ if status == 429 || status >= 500 => (true, "service error"),
+                _ if status == 403 => (false, "access denied"),
+                _ if status == 404 => (false, "not found"),
+                _ => (false, "request rejected"),
+            };
+            let message = format!("{what} ({code}, HTTP {status})");
+            FetchError {
+                class: if transient {
+                    crate::error::Class::Transient
+                } else {
+                    crate::error::Class::Permanent
+                },
+                message,
+                retry_after,
+            }
+        }
+        SdkError::TimeoutError(_) => FetchError::transient("request timed out"),
+        SdkError::DispatchFailure(d) => {
+            if d.is_user() {
+                FetchError::permanent(
+                    "the request could not be sent (invalid endpoint or settings)",
+                )
+            } else if d.is_timeout() {
+                FetchError::transient("connection timed out")
+            } else {
+                let detail = find_io_error(err)
+                    .map(describe_io)
+                    .unwrap_or("connection failed");
+                FetchError::transient(format!("cannot reach Secrets Manager: {detail}"))
+            }
+        }
+        SdkError::ResponseError(_) => {
+            FetchError::transient("the response could not be read (connection lost or malformed)")
+        }
+        SdkError::ConstructionFailure(_) => FetchError::permanent("the request could not be built"),
+        _ => FetchError::transient("unexpected error talking to Secrets Manager"),
+    }
+}

@@ -1,0 +1,107 @@
+//! Backends: where secret values come from. One module per backend, and this file is the one
+//! dispatch point from manifest `type` to implementation.
+//!
+//! Adding a backend: a module here (settings planning, per-secret reference, connect, fetch, error
+//! classification), its variant in [`crate::manifest::BackendEntry`] and in the three enums below,
+//! a cargo feature, docs/manifest.md, and tests against a real server or a faithful double.
+
+#[cfg(feature = "aws")]
+pub mod aws;
+
+use crate::error::FetchError;
+use crate::manifest::{BackendEntry, SecretEntry};
+use crate::plan::EnvLookup;
+use crate::retry::{Deadline, RetryError};
+use crate::secret::Secret;
+
+/// A backend's validated settings.
+#[derive(Debug, Clone)]
+pub enum BackendConfig {
+    #[cfg(feature = "aws")]
+    Aws(aws::AwsConfig),
+}
+
+/// One secret's reference in its backend's terms.
+#[derive(Debug, Clone)]
+pub enum SecretRef {
+    #[cfg(feature = "aws")]
+    Aws(aws::AwsSecretRef),
+}
+
+/// A connected backend, ready to fetch.
+pub enum Backend {
+    #[cfg(feature = "aws")]
+    Aws(aws::AwsBackend),
+}
+
+/// A fetched value and the version the backend served, if it says.
+pub struct Fetched {
+    pub value: Secret,
+    pub version: Option<String>,
+}
+
+pub fn plan_backend(e: &BackendEntry, env: EnvLookup<'_>) -> Result<BackendConfig, Vec<String>> {
+    match e {
+        #[cfg(feature = "aws")]
+        BackendEntry::Aws(a) => aws::plan(a, env).map(BackendConfig::Aws),
+    }
+}
+
+pub fn plan_secret(cfg: &BackendConfig, e: &SecretEntry) -> Result<SecretRef, Vec<String>> {
+    match cfg {
+        #[cfg(feature = "aws")]
+        BackendConfig::Aws(_) => aws::plan_secret(e).map(SecretRef::Aws),
+    }
+}
+
+impl BackendConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "aws")]
+            BackendConfig::Aws(_) => "aws",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            #[cfg(feature = "aws")]
+            BackendConfig::Aws(c) => c.describe(),
+        }
+    }
+}
+
+impl SecretRef {
+    pub fn describe(&self) -> String {
+        match self {
+            #[cfg(feature = "aws")]
+            SecretRef::Aws(r) => r.describe(),
+        }
+    }
+}
+
+impl Backend {
+    /// Establishes the backend's identity (retrying transient errors within `deadline`).
+    pub async fn connect(
+        name: &str,
+        cfg: &BackendConfig,
+        deadline: &Deadline,
+    ) -> Result<Backend, RetryError> {
+        match cfg {
+            #[cfg(feature = "aws")]
+            BackendConfig::Aws(c) => aws::AwsBackend::connect(name, c, deadline)
+                .await
+                .map(Backend::Aws),
+        }
+    }
+
+    /// One fetch attempt; the caller retries transient errors.
+    pub async fn fetch(&self, r: &SecretRef) -> Result<Fetched, FetchError> {
+        match (self, r) {
+            #[cfg(feature = "aws")]
+            (Backend::Aws(b), SecretRef::Aws(r)) => b
+                .fetch(r)
+                .await
+                .map(|(value, version)| Fetched { value, version }),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Error classes the retry loop and the exit code branch on.
+
+use std::time::Duration;
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Connection refused or reset, timeouts, 5xx, throttling, metadata service not up yet,
+    /// Vault sealed or standby: retried with backoff inside the run's deadline.
+    Transient,
+    /// Denied, not found, invalid request, bad configuration: fails the run at once.
+    Permanent,
+}
+
+/// A failed attempt to talk to an identity source or a backend.
+///
+/// The message is always composed by bootsecrets itself from status codes, error codes and its
+/// own words: never from a response body, and never containing a secret or token.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct FetchError {
+    pub class: Class,
+    pub message: String,
+    /// A server's own hint (for example `Retry-After`), honoured by the backoff.
+    pub retry_after: Option<Duration>,
+}
+
+impl FetchError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        FetchError {
+            class: Class::Transient,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        FetchError {
+            class: Class::Permanent,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class == Class::Transient
+    }
+}
+
+/// Why a whole run failed; decides the process exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The manifest or the command line is invalid (exit 2).
+    #[error("{0:#}")]
+    Invalid(anyhow::Error),
+    /// A permanent error, or the output could not be written (exit 1).
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+    /// Transient errors did not clear before the deadline (exit 3).
+    #[error("{0:#}")]
+    DeadlineExceeded(anyhow::Error),
+}
+
+impl RunError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Failed(_) => 1,
+            RunError::Invalid(_) => 2,
+            RunError::DeadlineExceeded(_) => 3,
+        }
+    }
+
+    pub fn inner(&self) -> &anyhow::Error {
+        match self {
+            RunError::Invalid(e) | RunError::Failed(e) | RunError::DeadlineExceeded(e) => e,
+        }
+    }
+}
+
+/// Walks an error's `source()` chain looking for an I/O error, so that connection refused, reset
+/// and timeouts buried inside SDK error types can be told apart from everything else.
+pub fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// A short, fixed description of a transport-level failure, for messages.
+pub fn describe_io(err: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind::*;
+    match err.kind() {
+        ConnectionRefused => "connection refused",
+        ConnectionReset => "connection reset",
+        ConnectionAborted => "connection aborted",
+        TimedOut => "timed out",
+        NotConnected => "not connected",
+        AddrNotAvailable => "address not available",
+        NetworkUnreachable => "network unreachable",
+        HostUnreachable => "host unreachable",
+        UnexpectedEof => "connection closed early",
+        BrokenPipe => "broken pipe",
+        _ => "I/O error",
+    }
+}

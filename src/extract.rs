@@ -1,0 +1,203 @@
+//! Turning a fetched value into file content: JSON key extraction and base64 decoding.
+//!
+//! Neither step may leak the value: serde_json's and base64's own error messages can quote input
+//! (`invalid type: string "..."`, `Invalid byte 98, offset 3`), so only the error's category and
+//! position are reported. Intermediate buffers that hold secret bytes are zeroizing.
+
+use crate::plan::Encoding;
+use crate::secret::Secret;
+use base64::Engine;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use zeroize::Zeroizing;
+
+fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax | Category::Eof => "is not valid JSON",
+        Category::Data => "is not a JSON object",
+        Category::Io => "could not be read as JSON",
+    };
+    format!(
+        "the secret {what} (at line {} column {})",
+        e.line(),
+        e.column()
+    )
+}
+
+/// Extracts the top-level `key` of a JSON object. A string member yields its unescaped text; a
+/// number, boolean, object or array yields its JSON text; `null` is an error.
+pub fn json_key(value: &Secret, key: &str) -> Result<Secret, String> {
+    let map: BTreeMap<String, &RawValue> =
+        serde_json::from_slice(value.expose()).map_err(|e| json_error(&e))?;
+    let raw = map.get(key).ok_or_else(|| {
+        format!(
+            "the secret's JSON object has no key `{key}` ({} key(s) present)",
+            map.len()
+        )
+    })?;
+    let text = raw.get();
+    if text == "null" {
+        return Err(format!("the secret's JSON key `{key}` is null"));
+    }
+    if text.starts_with('"') {
+        unescape_json_string(text)
+            .map(Secret::new)
+            .ok_or_else(|| format!("the secret's JSON key `{key}` holds an invalid string escape"))
+    } else {
+        Ok(Secret::new(text.as_bytes().to_vec()))
+    }
+}
+
+fn hex4(b: &[u8]) -> Option<u32> {
+    let s = std::str::from_utf8(b.get(..4)?).ok()?;
+    u32::from_str_radix(s, 16).ok()
+}
+
+/// Decodes a JSON string literal (quotes included) into a fresh buffer. Written here rather than
+/// through serde_json so that no non-zeroizing scratch copy of the value is ever made.
+fn unescape_json_string(lit: &str) -> Option<Vec<u8>> {
+    let b = lit.as_bytes();
+    let inner = b.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
+    let mut out = Vec::with_capacity(inner.len());
+    let mut i = 0;
+    while i < inner.len() {
+        let c = inner[i];
+        if c != b'\\' {
+            out.push(c);
+            i += 1;
+            continue;
+        }
+        let esc = *inner.get(i + 1)?;
+        i += 2;
+        let simple = match esc {
+            b'"' => Some(b'"'),
+            b'\\' => Some(b'\\'),
+            b'/' => Some(b'/'),
+            b'b' => Some(0x08),
+            b'f' => Some(0x0c),
+            b'n' => Some(b'\n'),
+            b'r' => Some(b'\r'),
+            b't' => Some(b'\t'),
+            b'u' => None,
+            _ => return None,
+        };
+        if let Some(s) = simple {
+            out.push(s);
+            continue;
+        }
+        let hi = hex4(&inner[i..])?;
+        i += 4;
+        let cp = if (0xD800..0xDC00).contains(&hi) {
+            if inner.get(i..i + 2)? != b"\\u" {
+                return None;
+            }
+            let lo = hex4(&inner[i + 2..])?;
+            if !(0xDC00..0xE000).contains(&lo) {
+                return None;
+            }
+            i += 6;
+            0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+        } else if (0xDC00..0xE000).contains(&hi) {
+            return None;
+        } else {
+            hi
+        };
+        let ch = char::from_u32(cp)?;
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+    }
+    Some(out)
+}
+
+/// Decodes standard base64 (padding optional; ASCII whitespace such as PEM line breaks ignored).
+pub fn base64_decode(value: &Secret) -> Result<Secret, String> {
+    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(
+        value
+            .expose()
+            .iter()
+            .copied()
+            .filter(|b| !b.is_ascii_whitespace())
+            .collect(),
+    );
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine
+        .decode(&*compact)
+        .map(Secret::new)
+        .map_err(|_| "the secret is not valid base64 (standard alphabet)".to_string())
+}
+
+/// Applies the manifest's `json_key` and `encoding`, in that order.
+pub fn transform(value: Secret, json: Option<&str>, encoding: Encoding) -> Result<Secret, String> {
+    let value = match json {
+        Some(k) => json_key(&value, k)?,
+        None => value,
+    };
+    match encoding {
+        Encoding::None => Ok(value),
+        Encoding::Base64 => base64_decode(&value),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &str) -> Secret {
+        Secret::from_string(v.to_string())
+    }
+
+    #[test]
+    fn extracts_strings_with_escapes_and_other_json_as_text() {
+        let v = s(
+            r#"{"user":"admin","pw":"p\"a\\s\/s\n\u00e9\ud83d\ude00","n":42,"o":{"a":[1]},"z":null}"#,
+        );
+        assert_eq!(json_key(&v, "user").unwrap().expose(), b"admin");
+        assert_eq!(
+            json_key(&v, "pw").unwrap().expose(),
+            "p\"a\\s/s\n\u{e9}\u{1F600}".as_bytes()
+        );
+        assert_eq!(json_key(&v, "n").unwrap().expose(), b"42");
+        assert_eq!(json_key(&v, "o").unwrap().expose(), br#"{"a":[1]}"#);
+        assert!(json_key(&v, "z").unwrap_err().contains("null"));
+        assert!(
+            json_key(&v, "missing")
+                .unwrap_err()
+                .contains("no key `missing`")
+        );
+    }
+
+    #[test]
+    fn errors_never_quote_the_value() {
+        for bad in [
+            r#""canary-1234""#,
+            "canary-1234",
+            r#"{"a": canary-1234}"#,
+            "[\"canary-1234\"]",
+        ] {
+            let e = json_key(&s(bad), "a").unwrap_err();
+            assert!(!e.contains("canary"), "{e}");
+        }
+        let e = base64_decode(&s("canary-1234!")).unwrap_err();
+        assert!(!e.contains("canary") && !e.contains('!'), "{e}");
+    }
+
+    #[test]
+    fn lone_surrogates_are_refused() {
+        assert!(unescape_json_string(r#""\ud800""#).is_none());
+        assert!(unescape_json_string(r#""\udc00x""#).is_none());
+        assert!(unescape_json_string(r#""\ud800\u0041""#).is_none());
+    }
+
+    #[test]
+    fn base64_ignores_whitespace_and_padding() {
+        assert_eq!(base64_decode(&s("aGVs\nbG8=")).unwrap().expose(), b"hello");
+        assert_eq!(base64_decode(&s("aGVsbG8")).unwrap().expose(), b"hello");
+        let v = transform(s(r#"{"k":"AAEC/w=="}"#), Some("k"), Encoding::Base64).unwrap();
+        assert_eq!(v.expose(), &[0, 1, 2, 255]);
+    }
+}

@@ -1,0 +1,8 @@
+//! Identity sources: how a node proves who it is, one module per source.
+//!
+//! An identity source turns what the instance already has (its metadata service) into credentials
+//! a backend can use. Backends own their identity: the AWS backend uses [`aws_imds`]. Every
+//! credential and token lives in a [`crate::secret::SecretString`] and is never logged.
+
+#[cfg(feature = "aws")]
+pub mod aws_imds;

@@ -1,0 +1,16 @@
+//! bootsecrets: fetch a node's secrets at boot with its cloud instance identity and write them
+//! atomically to a tmpfs, before kubelet starts. See docs/design.md for the data flow.
+
+pub mod backend;
+pub mod cli;
+pub mod error;
+pub mod extract;
+pub mod hygiene;
+pub mod identity;
+pub mod logging;
+pub mod manifest;
+pub mod plan;
+pub mod retry;
+pub mod runner;
+pub mod secret;
+pub mod writer;

@@ -1,0 +1,75 @@
+//! The manifest as written on disk: TOML, names and references only, never values.
+//!
+//! These types mirror the file exactly and reject unknown keys; [`crate::plan`] turns them into a
+//! validated plan. Every key is documented in `docs/manifest.md`, and a test fails when one is not.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+/// Default manifest location.
+pub const DEFAULT_PATH: &str = "/etc/bootsecrets/manifest.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub settings: Settings,
+    /// Named backend instances, `[backend.NAME]`.
+    #[serde(default)]
+    pub backend: BTreeMap<String, BackendEntry>,
+    /// `[[secret]]` entries.
+    #[serde(default)]
+    pub secret: Vec<SecretEntry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub output_root: Option<String>,
+    pub root_owner: Option<String>,
+    pub root_group: Option<String>,
+    pub deadline_seconds: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub default_mode: Option<String>,
+    pub default_owner: Option<String>,
+    pub default_group: Option<String>,
+}
+
+/// `[backend.NAME]`, selected by its `type` key.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum BackendEntry {
+    Aws(AwsEntry),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsEntry {
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub imds_endpoint: Option<String>,
+    pub imds_endpoint_mode: Option<String>,
+    pub use_fips: Option<bool>,
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretEntry {
+    pub path: String,
+    pub backend: Option<String>,
+    #[serde(rename = "ref")]
+    pub reference: String,
+    pub version_id: Option<String>,
+    pub version_stage: Option<String>,
+    pub json_key: Option<String>,
+    pub encoding: Option<String>,
+    pub mode: Option<String>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+/// Parses manifest text. Errors carry TOML's line and column and name the offending key.
+pub fn parse(text: &str) -> Result<Manifest, toml::de::Error> {
+    toml::from_str(text)
+}

@@ -1,0 +1,686 @@
+//! Validation: a parsed [`Manifest`] becomes a [`Plan`] of strongly typed, checked steps.
+//!
+//! Everything that can be known without the network is checked here, and `check` and `run` share
+//! it: paths stay inside the root, modes are sane, owners and groups resolve, outputs do not
+//! collide, every secret names a configured backend, and each backend's settings are complete.
+//! All problems are collected, so one `check` reports every one of them.
+
+use crate::backend::{self, BackendConfig, SecretRef};
+use crate::manifest::{Manifest, SecretEntry};
+use anyhow::{Context, Result, anyhow};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_OUTPUT_ROOT: &str = "/run/bootsecrets";
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
+pub const MAX_DEADLINE_SECONDS: u64 = 3600;
+pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const MAX_CONCURRENCY: usize = 64;
+pub const DEFAULT_MODE: u32 = 0o400;
+/// Names starting with this are bootsecrets' own temporary files; outputs may not use it.
+pub const TEMP_PREFIX: &str = ".bootsecrets-tmp.";
+
+/// A user or group: the name as written (or the number) and the resolved id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub name: String,
+    pub id: u32,
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// A validated output path: one or more normal components, relative to the output root.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RelPath(Vec<String>);
+
+impl RelPath {
+    pub fn parse(s: &str) -> Result<RelPath, String> {
+        if s.is_empty() {
+            return Err("is empty".into());
+        }
+        if s.starts_with('/') {
+            return Err("is absolute; output paths are relative to output_root".into());
+        }
+        if s.contains('\0') {
+            return Err("contains a NUL byte".into());
+        }
+        let mut parts = Vec::new();
+        for c in s.split('/') {
+            match c {
+                "" => return Err("has an empty component (`//` or a trailing `/`)".into()),
+                "." | ".." => return Err(format!("has a `{c}` component")),
+                _ if c.len() > 255 => return Err("has a component longer than 255 bytes".into()),
+                _ if c.starts_with(TEMP_PREFIX) => {
+                    return Err(format!("uses the reserved prefix `{TEMP_PREFIX}`"));
+                }
+                _ => parts.push(c.to_string()),
+            }
+        }
+        Ok(RelPath(parts))
+    }
+
+    pub fn components(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Parent directories (possibly none) and the file name.
+    pub fn split(&self) -> (&[String], &str) {
+        let (last, dirs) = self.0.split_last().expect("RelPath is never empty");
+        (dirs, last)
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0.join("/"))
+    }
+}
+
+/// How the fetched value is turned into file content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Written as stored.
+    None,
+    /// Base64-decoded (standard alphabet; whitespace such as line breaks is ignored).
+    Base64,
+}
+
+#[derive(Debug)]
+pub struct SecretPlan {
+    pub path: RelPath,
+    pub backend: String,
+    pub reference: SecretRef,
+    pub json_key: Option<String>,
+    pub encoding: Encoding,
+    pub mode: u32,
+    pub owner: Principal,
+    pub group: Principal,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    pub output_root: PathBuf,
+    pub root_owner: Principal,
+    pub root_group: Principal,
+    pub root_mode: u32,
+    pub deadline: Duration,
+    pub concurrency: usize,
+    pub backends: BTreeMap<String, BackendConfig>,
+    pub secrets: Vec<SecretPlan>,
+    /// Not errors, but worth telling the operator (printed by `check` and `run -v`).
+    pub warnings: Vec<String>,
+}
+
+/// Where the environment comes from; tests pass their own.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Reads, parses and validates a manifest file.
+pub fn load(path: &Path) -> Result<Plan> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let manifest = crate::manifest::parse(&text)
+        .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
+        .with_context(|| format!("manifest {} is not valid", path.display()))?;
+    Plan::build(&manifest, &process_env)
+        .with_context(|| format!("manifest {} is not valid", path.display()))
+}
+
+/// Parses an octal mode written as a string (`"0440"`), refusing any access for other users and
+/// setuid, setgid and sticky bits.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(format!("mode `{s}` is not an octal mode such as \"0440\""));
+    }
+    let m = u32::from_str_radix(digits, 8).expect("checked octal digits");
+    if m & !0o777 != 0 {
+        return Err(format!("mode `{s}` sets setuid, setgid or sticky bits"));
+    }
+    if m & 0o007 != 0 {
+        return Err(format!(
+            "mode `{s}` grants access to other users; secrets may be readable by owner and group only"
+        ));
+    }
+    if m & 0o400 == 0 {
+        return Err(format!("mode `{s}` does not let the owner read the file"));
+    }
+    Ok(m)
+}
+
+pub fn resolve_user(s: &str) -> Result<Principal, String> {
+    if let Ok(id) = s.parse::<u32>() {
+        return Ok(Principal {
+            name: s.to_string(),
+            id,
+        });
+    }
+    match nix::unistd::User::from_name(s) {
+        Ok(Some(u)) => Ok(Principal {
+            name: s.to_string(),
+            id: u.uid.as_raw(),
+        }),
+        Ok(None) => Err(format!("user `{s}` does not exist")),
+        Err(e) => Err(format!("cannot look up user `{s}`: {e}")),
+    }
+}
+
+pub fn resolve_group(s: &str) -> Result<Principal, String> {
+    if let Ok(id) = s.parse::<u32>() {
+        return Ok(Principal {
+            name: s.to_string(),
+            id,
+        });
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(Principal {
+            name: s.to_string(),
+            id: g.gid.as_raw(),
+        }),
+        Ok(None) => Err(format!("group `{s}` does not exist")),
+        Err(e) => Err(format!("cannot look up group `{s}`: {e}")),
+    }
+}
+
+fn current_user() -> Principal {
+    let uid = nix::unistd::geteuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string());
+    Principal {
+        name,
+        id: uid.as_raw(),
+    }
+}
+
+fn current_group() -> Principal {
+    let gid = nix::unistd::getegid();
+    let name = nix::unistd::Group::from_gid(gid)
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| gid.to_string());
+    Principal {
+        name,
+        id: gid.as_raw(),
+    }
+}
+
+fn validate_root(s: &str) -> Result<PathBuf, String> {
+    if !s.starts_with('/') {
+        return Err(format!("output_root `{s}` must be an absolute path"));
+    }
+    let trimmed = s.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Err("output_root must not be `/`".into());
+    }
+    RelPath::parse(&trimmed[1..]).map_err(|e| format!("output_root `{s}` {e}"))?;
+    Ok(PathBuf::from(trimmed))
+}
+
+fn valid_backend_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl Plan {
+    pub fn build(m: &Manifest, env: EnvLookup<'_>) -> Result<Plan> {
+        let mut errors: Vec<String> = Vec::new();
+        let mut warnings = Vec::new();
+        let s = &m.settings;
+
+        let output_root = validate_root(s.output_root.as_deref().unwrap_or(DEFAULT_OUTPUT_ROOT))
+            .unwrap_or_else(|e| {
+                errors.push(format!("settings: {e}"));
+                PathBuf::from(DEFAULT_OUTPUT_ROOT)
+            });
+
+        let mut principal =
+            |what: &str, v: Option<&String>, user: bool, dflt: fn() -> Principal| match v {
+                None => dflt(),
+                Some(v) => {
+                    let r = if user {
+                        resolve_user(v)
+                    } else {
+                        resolve_group(v)
+                    };
+                    r.unwrap_or_else(|e| {
+                        errors.push(format!("{what}: {e}"));
+                        dflt()
+                    })
+                }
+            };
+        let root_owner = principal(
+            "settings.root_owner",
+            s.root_owner.as_ref(),
+            true,
+            current_user,
+        );
+        let root_group = principal(
+            "settings.root_group",
+            s.root_group.as_ref(),
+            false,
+            current_group,
+        );
+        let default_owner = principal(
+            "settings.default_owner",
+            s.default_owner.as_ref(),
+            true,
+            current_user,
+        );
+        let default_group = principal(
+            "settings.default_group",
+            s.default_group.as_ref(),
+            false,
+            current_group,
+        );
+        let root_mode = if s.root_group.is_some() { 0o750 } else { 0o700 };
+
+        let deadline = match s.deadline_seconds {
+            None => DEFAULT_DEADLINE,
+            Some(d) if (1..=MAX_DEADLINE_SECONDS).contains(&d) => Duration::from_secs(d),
+            Some(d) => {
+                errors.push(format!(
+                    "settings.deadline_seconds = {d}: must be between 1 and {MAX_DEADLINE_SECONDS}"
+                ));
+                DEFAULT_DEADLINE
+            }
+        };
+        let concurrency = match s.concurrency {
+            None => DEFAULT_CONCURRENCY,
+            Some(c) if (1..=MAX_CONCURRENCY).contains(&c) => c,
+            Some(c) => {
+                errors.push(format!(
+                    "settings.concurrency = {c}: must be between 1 and {MAX_CONCURRENCY}"
+                ));
+                DEFAULT_CONCURRENCY
+            }
+        };
+        let default_mode = match s.default_mode.as_deref().map(parse_mode) {
+            None => DEFAULT_MODE,
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                errors.push(format!("settings.default_mode: {e}"));
+                DEFAULT_MODE
+            }
+        };
+
+        let mut backends = BTreeMap::new();
+        for (name, entry) in &m.backend {
+            if !valid_backend_name(name) {
+                errors.push(format!(
+                    "backend `{name}`: names may use letters, digits, `-` and `_` (at most 64)"
+                ));
+                continue;
+            }
+            match backend::plan_backend(entry, env) {
+                Ok(cfg) => {
+                    backends.insert(name.clone(), cfg);
+                }
+                Err(errs) => {
+                    errors.extend(errs.into_iter().map(|e| format!("backend `{name}`: {e}")))
+                }
+            }
+        }
+        if m.backend.is_empty() {
+            errors.push("no backend is configured: add a [backend.NAME] table".into());
+        }
+        if m.secret.is_empty() {
+            errors.push("no secret is listed: add [[secret]] entries".into());
+        }
+
+        let mut secrets = Vec::new();
+        let mut seen: BTreeMap<RelPath, usize> = BTreeMap::new();
+        for (i, e) in m.secret.iter().enumerate() {
+            let label = format!("secret #{} (path `{}`)", i + 1, e.path);
+            match plan_secret(
+                e,
+                m,
+                &backends,
+                default_mode,
+                &default_owner,
+                &default_group,
+            ) {
+                Ok(sp) => {
+                    if let Some(j) = seen.insert(sp.path.clone(), i) {
+                        errors.push(format!(
+                            "{label}: writes the same output as secret #{}",
+                            j + 1
+                        ));
+                    }
+                    if sp.mode & 0o070 != 0
+                        && root_mode & 0o070 == 0
+                        && sp.group.id != root_owner.id
+                    {
+                        warnings.push(format!(
+                            "{label}: mode {:04o} grants group access, but the output root is 0700; \
+                             set settings.root_group so the group can reach it",
+                            sp.mode
+                        ));
+                    }
+                    secrets.push(sp);
+                }
+                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("{label}: {e}"))),
+            }
+        }
+        // A file may not also be a directory of another output (`a` and `a/b`).
+        let paths: Vec<&RelPath> = seen.keys().collect();
+        for w in paths.windows(2) {
+            let (a, b) = (w[0].components(), w[1].components());
+            if b.len() > a.len() && b[..a.len()] == *a {
+                errors.push(format!(
+                    "output `{}` is a file, but output `{}` needs it to be a directory",
+                    w[0], w[1]
+                ));
+            }
+        }
+        for name in backends.keys() {
+            if !secrets.iter().any(|s| &s.backend == name) {
+                warnings.push(format!("backend `{name}` is not used by any secret"));
+            }
+        }
+
+        if !errors.is_empty() {
+            let n = errors.len();
+            return Err(anyhow!(
+                "{n} problem{}:\n  - {}",
+                if n == 1 { "" } else { "s" },
+                errors.join("\n  - ")
+            ));
+        }
+        Ok(Plan {
+            output_root,
+            root_owner,
+            root_group,
+            root_mode,
+            deadline,
+            concurrency,
+            backends,
+            secrets,
+            warnings,
+        })
+    }
+
+    /// Backends that at least one secret uses, in name order.
+    pub fn used_backends(&self) -> impl Iterator<Item = (&String, &BackendConfig)> {
+        self.backends
+            .iter()
+            .filter(|(n, _)| self.secrets.iter().any(|s| &s.backend == *n))
+    }
+
+    /// The plan as `check` prints it: what would be written where, with which mode and owner.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let root = &self.output_root;
+        out += &format!(
+            "output root  {} (directory {:04o} {}:{}; must be on tmpfs or ramfs)\n",
+            root.display(),
+            self.root_mode,
+            self.root_owner,
+            self.root_group
+        );
+        out += &format!(
+            "deadline     {} s for the whole run; up to {} fetches at once\n",
+            self.deadline.as_secs(),
+            self.concurrency
+        );
+        for (name, b) in &self.backends {
+            out += &format!("backend      {name}: {}\n", b.describe());
+        }
+        out += &format!("secrets      {}\n", self.secrets.len());
+        for s in &self.secrets {
+            let mut extra = Vec::new();
+            if let Some(k) = &s.json_key {
+                extra.push(format!("json_key {k:?}"));
+            }
+            if s.encoding == Encoding::Base64 {
+                extra.push("base64-decoded".to_string());
+            }
+            out += &format!(
+                "  {:04o} {}:{}  {}/{}  <- {} {}{}\n",
+                s.mode,
+                s.owner,
+                s.group,
+                root.display(),
+                s.path,
+                s.backend,
+                s.reference.describe(),
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", extra.join(", "))
+                }
+            );
+        }
+        for w in &self.warnings {
+            out += &format!("warning: {w}\n");
+        }
+        out
+    }
+}
+
+fn plan_secret(
+    e: &SecretEntry,
+    m: &Manifest,
+    backends: &BTreeMap<String, BackendConfig>,
+    default_mode: u32,
+    default_owner: &Principal,
+    default_group: &Principal,
+) -> Result<SecretPlan, Vec<String>> {
+    let mut errors = Vec::new();
+    let path = RelPath::parse(&e.path).map_err(|err| format!("path {err}"));
+    let backend_name = match &e.backend {
+        Some(b) => Some(b.clone()),
+        None if m.backend.len() == 1 => m.backend.keys().next().cloned(),
+        None => {
+            errors.push(format!(
+                "`backend` is required when several backends are configured ({})",
+                m.backend.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+            None
+        }
+    };
+    let reference = backend_name.as_ref().and_then(|b| match backends.get(b) {
+        Some(cfg) => backend::plan_secret(cfg, e)
+            .map_err(|err| errors.extend(err))
+            .ok(),
+        None => {
+            if !m.backend.contains_key(b) {
+                errors.push(format!("backend `{b}` is not configured"));
+            }
+            None
+        }
+    });
+    let encoding = match e.encoding.as_deref() {
+        None | Some("none") => Encoding::None,
+        Some("base64") => Encoding::Base64,
+        Some(o) => {
+            errors.push(format!("encoding `{o}` is not one of \"none\", \"base64\""));
+            Encoding::None
+        }
+    };
+    if e.json_key.as_deref() == Some("") {
+        errors.push("json_key must not be empty".into());
+    }
+    let mode = match e.mode.as_deref().map(parse_mode) {
+        None => default_mode,
+        Some(Ok(m)) => m,
+        Some(Err(err)) => {
+            errors.push(err);
+            default_mode
+        }
+    };
+    let owner = match e.owner.as_deref().map(resolve_user) {
+        None => default_owner.clone(),
+        Some(Ok(p)) => p,
+        Some(Err(err)) => {
+            errors.push(err);
+            default_owner.clone()
+        }
+    };
+    let group = match e.group.as_deref().map(resolve_group) {
+        None => default_group.clone(),
+        Some(Ok(p)) => p,
+        Some(Err(err)) => {
+            errors.push(err);
+            default_group.clone()
+        }
+    };
+    let path = path.map_err(|err| errors.push(err)).ok();
+    match (path, backend_name, reference) {
+        (Some(path), Some(backend), Some(reference)) if errors.is_empty() => Ok(SecretPlan {
+            path,
+            backend,
+            reference,
+            json_key: e.json_key.clone(),
+            encoding,
+            mode,
+            owner,
+            group,
+        }),
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn plan(text: &str) -> Result<Plan> {
+        Plan::build(
+            &crate::manifest::parse(text).map_err(|e| anyhow!("{e}"))?,
+            &no_env,
+        )
+    }
+
+    const BASE: &str = r#"
+[backend.main]
+type = "aws"
+region = "eu-west-1"
+"#;
+
+    #[test]
+    fn paths_must_stay_inside_the_root() {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a//b",
+            "a/",
+            "",
+            ".",
+            "a/./b",
+        ] {
+            assert!(RelPath::parse(bad).is_err(), "{bad:?} accepted");
+            let text = format!("{BASE}\n[[secret]]\npath = {bad:?}\nref = \"x\"\n");
+            assert!(plan(&text).is_err(), "{bad:?} planned");
+        }
+        assert!(RelPath::parse(".bootsecrets-tmp.1").is_err());
+        let p = RelPath::parse("kubelet/ca.key").unwrap();
+        assert_eq!(p.split(), (&["kubelet".to_string()][..], "ca.key"));
+    }
+
+    #[test]
+    fn modes_are_octal_and_private() {
+        assert_eq!(parse_mode("0400"), Ok(0o400));
+        assert_eq!(parse_mode("440"), Ok(0o440));
+        assert_eq!(parse_mode("0o640"), Ok(0o640));
+        for bad in ["0444", "0604", "4400", "0800", "abc", "", "04400", "0040"] {
+            assert!(parse_mode(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_single_backend_inference() {
+        let p = plan(&format!("{BASE}\n[[secret]]\npath = \"a\"\nref = \"x\"\n")).unwrap();
+        assert_eq!(p.output_root, PathBuf::from(DEFAULT_OUTPUT_ROOT));
+        assert_eq!(p.deadline, DEFAULT_DEADLINE);
+        assert_eq!(p.root_mode, 0o700);
+        assert_eq!(p.secrets[0].mode, 0o400);
+        assert_eq!(p.secrets[0].backend, "main");
+    }
+
+    #[test]
+    fn root_group_opens_the_root_to_the_group() {
+        let p = plan(&format!(
+            "[settings]\nroot_group = \"0\"\n{BASE}\n[[secret]]\npath = \"a\"\nref = \"x\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.root_mode, 0o750);
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let err = plan(&format!(
+            r#"
+[settings]
+deadline_seconds = 0
+default_owner = "no-such-user-bootsecrets"
+{BASE}
+[[secret]]
+path = "a"
+ref = "x"
+[[secret]]
+path = "a"
+ref = "y"
+[[secret]]
+path = "b"
+ref = "w"
+mode = "0644"
+[[secret]]
+path = "c"
+ref = "z"
+backend = "other"
+"#
+        ))
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        for needle in [
+            "deadline_seconds",
+            "no-such-user-bootsecrets",
+            "0644",
+            "same output as secret #1",
+            "backend `other` is not configured",
+        ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn file_and_directory_conflict() {
+        let err = plan(&format!(
+            "{BASE}\n[[secret]]\npath = \"a\"\nref = \"x\"\n[[secret]]\npath = \"a/b\"\nref = \"y\"\n"
+        ))
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("needs it to be a directory"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(crate::manifest::parse("[settings]\noutput_rot = \"/run/x\"\n").is_err());
+        assert!(crate::manifest::parse("[backend.a]\ntype = \"aws\"\nregon = \"x\"\n").is_err());
+        assert!(crate::manifest::parse("[backend.a]\ntype = \"nope\"\n").is_err());
+        assert!(
+            crate::manifest::parse("[[secret]]\npath = \"a\"\nref = \"b\"\nmod = \"0400\"\n")
+                .is_err()
+        );
+    }
+}

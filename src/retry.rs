@@ -1,0 +1,184 @@
+//! One overall deadline, and jittered exponential backoff for transient errors inside it.
+
+use crate::error::{Class, FetchError};
+use std::future::Future;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// First backoff step; doubles per attempt up to [`MAX_BACKOFF`].
+pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest pause between two attempts (before jitter).
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+
+/// The instant by which the whole run must have finished.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadline {
+    end: Instant,
+    total: Duration,
+}
+
+impl Deadline {
+    pub fn after(total: Duration) -> Self {
+        Deadline {
+            end: Instant::now() + total,
+            total,
+        }
+    }
+
+    pub fn remaining(&self) -> Duration {
+        self.end.saturating_duration_since(Instant::now())
+    }
+
+    pub fn total(&self) -> Duration {
+        self.total
+    }
+}
+
+/// Why [`retry`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    /// A permanent error: no retry was attempted after it.
+    #[error("{0}")]
+    Permanent(FetchError),
+    /// The deadline ran out while errors were still transient.
+    #[error(
+        "deadline of {}s exceeded after {attempts} attempt(s); last error: {last}",
+        total.as_secs()
+    )]
+    Deadline {
+        attempts: u32,
+        total: Duration,
+        last: String,
+    },
+}
+
+/// The pause before attempt `attempt + 1`: exponential, capped, with "equal jitter" (a uniformly
+/// random point in the upper half of the step), and never shorter than a server's own hint.
+pub fn backoff(attempt: u32, hint: Option<Duration>) -> Duration {
+    let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let step = exp.min(MAX_BACKOFF);
+    let jittered = step / 2 + step.mul_f64(fastrand::f64() / 2.0);
+    match hint {
+        Some(h) => jittered.max(h.min(MAX_BACKOFF * 4)),
+        None => jittered,
+    }
+}
+
+/// Runs `op` until it succeeds, fails permanently, or `deadline` passes. Each attempt is itself
+/// cut off at the deadline, so a hung connection cannot outlive it.
+pub async fn retry<T, F, Fut>(what: &str, deadline: &Deadline, mut op: F) -> Result<T, RetryError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, FetchError>>,
+{
+    let mut attempt = 0u32;
+    let mut last = String::from("no attempt was made");
+    loop {
+        let remaining = deadline.remaining();
+        if remaining.is_zero() {
+            return Err(RetryError::Deadline {
+                attempts: attempt,
+                total: deadline.total(),
+                last,
+            });
+        }
+        attempt += 1;
+        log::debug!("{what}: attempt {attempt}");
+        let err = match tokio::time::timeout(remaining, op(attempt)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e,
+            Err(_) => FetchError::transient("attempt cut off by the deadline"),
+        };
+        if err.class == Class::Permanent {
+            return Err(RetryError::Permanent(err));
+        }
+        let pause = backoff(attempt, err.retry_after);
+        last = err.message;
+        let remaining = deadline.remaining();
+        if pause >= remaining {
+            return Err(RetryError::Deadline {
+                attempts: attempt,
+                total: deadline.total(),
+                last,
+            });
+        }
+        log::warn!(
+            "{what}: {last} (attempt {attempt}, transient); retrying in {} ms",
+            pause.as_millis()
+        );
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for _ in 0..200 {
+            let b1 = backoff(1, None);
+            assert!(b1 >= BASE_BACKOFF / 2 && b1 <= BASE_BACKOFF, "{b1:?}");
+            let b3 = backoff(3, None);
+            assert!(b3 >= BASE_BACKOFF * 2 && b3 <= BASE_BACKOFF * 4, "{b3:?}");
+            let b30 = backoff(30, None);
+            assert!(b30 >= MAX_BACKOFF / 2 && b30 <= MAX_BACKOFF, "{b30:?}");
+        }
+        assert!(backoff(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = Cell::new(0);
+        let d = Deadline::after(Duration::from_secs(60));
+        let r = retry("t", &d, |_| {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n < 4 {
+                    Err(FetchError::transient("503"))
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_errors_are_not_retried() {
+        let calls = Cell::new(0);
+        let d = Deadline::after(Duration::from_secs(60));
+        let r: Result<(), _> = retry("t", &d, |_| {
+            calls.set(calls.get() + 1);
+            async { Err(FetchError::permanent("denied")) }
+        })
+        .await;
+        assert!(matches!(r, Err(RetryError::Permanent(_))));
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_bounds_transient_errors_and_hung_attempts() {
+        let d = Deadline::after(Duration::from_secs(10));
+        let start = Instant::now();
+        let r: Result<(), _> = retry("t", &d, |_| async {
+            Err(FetchError::transient("connection refused"))
+        })
+        .await;
+        match r {
+            Err(RetryError::Deadline { last, attempts, .. }) => {
+                assert_eq!(last, "connection refused");
+                assert!(attempts > 2);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(start.elapsed() <= Duration::from_secs(10));
+
+        let d = Deadline::after(Duration::from_secs(5));
+        let r: Result<(), _> = retry("t", &d, |_| std::future::pending()).await;
+        assert!(matches!(r, Err(RetryError::Deadline { .. })));
+    }
+}

@@ -1,0 +1,182 @@
+//! One run: plan → output root → identity → fetch → write → summary.
+
+use crate::backend::{Backend, Fetched};
+use crate::error::RunError;
+use crate::extract;
+use crate::plan::{Plan, SecretPlan};
+use crate::retry::{Deadline, RetryError, retry};
+use crate::secret::Secret;
+use crate::writer::{Output, OutputRoot, RootSpec};
+use anyhow::anyhow;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    /// Development only: accept an output root that is not on tmpfs or ramfs.
+    pub allow_non_tmpfs: bool,
+}
+
+/// What a successful run did (sizes and timings only: never values).
+#[derive(Debug)]
+pub struct Summary {
+    pub secrets: usize,
+    pub bytes: usize,
+    pub elapsed: Duration,
+}
+
+struct Done {
+    index: usize,
+    value: Secret,
+    version: Option<String>,
+    took: Duration,
+}
+
+fn secret_label(s: &SecretPlan) -> String {
+    format!(
+        "secret `{}` (backend `{}`, ref {})",
+        s.path,
+        s.backend,
+        s.reference.describe()
+    )
+}
+
+fn retry_failure(label: String, e: RetryError) -> RunError {
+    match e {
+        RetryError::Permanent(f) => RunError::Failed(anyhow!("{label}: {f}")),
+        d @ RetryError::Deadline { .. } => RunError::DeadlineExceeded(anyhow!("{label}: {d}")),
+    }
+}
+
+async fn fetch_one(
+    index: usize,
+    s: &SecretPlan,
+    backend: &Backend,
+    deadline: &Deadline,
+) -> Result<Done, RunError> {
+    let start = Instant::now();
+    let label = secret_label(s);
+    let Fetched { value, version } = retry(&label, deadline, |_| backend.fetch(&s.reference))
+        .await
+        .map_err(|e| retry_failure(label.clone(), e))?;
+    let value = extract::transform(value, s.json_key.as_deref(), s.encoding)
+        .map_err(|e| RunError::Failed(anyhow!("{label}: {e}")))?;
+    Ok(Done {
+        index,
+        value,
+        version,
+        took: start.elapsed(),
+    })
+}
+
+pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
+    let start = Instant::now();
+    let deadline = Deadline::after(plan.deadline);
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
+
+    // The root first: an unusable root fails the run before any secret is fetched.
+    let root = OutputRoot::open(&RootSpec {
+        path: plan.output_root.clone(),
+        uid: plan.root_owner.id,
+        gid: plan.root_group.id,
+        mode: plan.root_mode,
+        allow_non_tmpfs: opts.allow_non_tmpfs,
+    })
+    .map_err(RunError::Failed)?;
+
+    // Identity: every backend in use, concurrently.
+    let connected = futures_util::future::join_all(plan.used_backends().map(|(name, cfg)| {
+        let deadline = &deadline;
+        async move { (name, cfg, Backend::connect(name, cfg, deadline).await) }
+    }))
+    .await;
+    let mut backends: BTreeMap<&str, Backend> = BTreeMap::new();
+    for (name, cfg, result) in connected {
+        match result {
+            Ok(b) => {
+                log::debug!("backend `{name}` ({}): identity established", cfg.kind());
+                backends.insert(name, b);
+            }
+            Err(e) => {
+                let users: Vec<String> = plan
+                    .secrets
+                    .iter()
+                    .filter(|s| &s.backend == name)
+                    .map(|s| format!("`{}`", s.path))
+                    .collect();
+                let label = format!(
+                    "backend `{name}` ({}), needed by secret(s) {}",
+                    cfg.kind(),
+                    users.join(", ")
+                );
+                return Err(retry_failure(label, e));
+            }
+        }
+    }
+
+    // Fetch, bounded; the first failure ends the run and cancels the fetches still in flight.
+    let mut done: Vec<Done> = stream::iter(plan.secrets.iter().enumerate())
+        .map(|(i, s)| fetch_one(i, s, &backends[s.backend.as_str()], &deadline))
+        .buffer_unordered(plan.concurrency)
+        .try_collect()
+        .await?;
+    done.sort_by_key(|d| d.index);
+
+    // Write: all or nothing.
+    let outputs: Vec<Output<'_>> = done
+        .iter()
+        .map(|d| {
+            let s = &plan.secrets[d.index];
+            Output {
+                path: &s.path,
+                value: &d.value,
+                mode: s.mode,
+                uid: s.owner.id,
+                gid: s.group.id,
+            }
+        })
+        .collect();
+    root.publish(&outputs).map_err(|e| {
+        RunError::Failed(e.context(format!(
+            "cannot write the secrets to {}; nothing was published",
+            root.path().display()
+        )))
+    })?;
+
+    let mut bytes = 0;
+    for d in &done {
+        let s = &plan.secrets[d.index];
+        bytes += d.value.len();
+        log::info!(
+            "wrote {} ({:04o} {}:{}, {} bytes) from backend `{}` ({}){} in {} ms",
+            s.path,
+            s.mode,
+            s.owner,
+            s.group,
+            d.value.len(),
+            s.backend,
+            plan.backends[&s.backend].kind(),
+            d.version
+                .as_deref()
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default(),
+            d.took.as_millis()
+        );
+    }
+    let summary = Summary {
+        secrets: done.len(),
+        bytes,
+        elapsed: start.elapsed(),
+    };
+    log::info!(
+        "done: {} secret(s), {} bytes written to {} in {} ms",
+        summary.secrets,
+        summary.bytes,
+        root.path().display(),
+        summary.elapsed.as_millis()
+    );
+    Ok(summary)
+}

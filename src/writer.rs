@@ -1,0 +1,494 @@
+//! The output writer: a tmpfs root, walked with `openat(O_NOFOLLOW)`, and a set of files
+//! published only once every one of them has been written in full.
+//!
+//! * The root's path is opened component by component from `/` with `O_NOFOLLOW | O_DIRECTORY`:
+//!   a symlink anywhere on the way is refused by the kernel, not by a path check.
+//! * The root must be on tmpfs or ramfs (`fstatfs`) unless the caller explicitly allows otherwise.
+//! * The root (and any subdirectory bootsecrets creates in it) gets the plan's mode and owner.
+//! * Each file is staged as `.bootsecrets-tmp.*` in its final directory: created with mode 0000,
+//!   `fchown`ed and `fchmod`ed to its final owner and mode before the first byte, written,
+//!   `fsync`ed. Only when every file of the set is staged are they renamed into place, then each
+//!   directory is `fsync`ed. If anything fails before that, every staged file is removed, so a
+//!   failed run adds nothing where consumers look.
+//! * An existing target that is a symlink, a directory or anything but a regular file is refused.
+//!   A rename replaces the directory entry and never writes through it.
+//! * An exclusive `flock` on the root serialises concurrent runs; stale temporary files left by a
+//!   killed run are removed.
+
+use crate::plan::{RelPath, TEMP_PREFIX};
+use crate::secret::Secret;
+use anyhow::{Context, Result, anyhow, bail};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// How the output root must look.
+#[derive(Debug, Clone)]
+pub struct RootSpec {
+    pub path: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+    /// Development only: accept a root that is not on tmpfs or ramfs.
+    pub allow_non_tmpfs: bool,
+}
+
+/// One file to publish. Holds a borrowed value: the writer never copies it.
+pub struct Output<'a> {
+    pub path: &'a RelPath,
+    pub value: &'a Secret,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// An opened, locked, checked output root.
+pub struct OutputRoot {
+    fd: Flock<OwnedFd>,
+    spec: RootSpec,
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+/// Opens `name` in `parent` as a directory, refusing symlinks, creating it (mode 0700) if
+/// `create` and it is missing. Returns the fd and whether it was created.
+fn open_dir(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    shown: &Path,
+    create: bool,
+) -> Result<(OwnedFd, bool)> {
+    let mut created = false;
+    loop {
+        match openat(parent, name, dir_flags(), Mode::empty()) {
+            Ok(fd) => return Ok((fd, created)),
+            Err(Errno::ENOENT) if create && !created => {
+                match mkdirat(parent, name, Mode::from_bits_truncate(0o700)) {
+                    Ok(()) | Err(Errno::EEXIST) => created = true,
+                    Err(e) => {
+                        return Err(e).with_context(|| {
+                            format!("cannot create directory {}", shown.display())
+                        });
+                    }
+                }
+            }
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                let is_link = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+                    .map(|st| {
+                        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK
+                    })
+                    .unwrap_or(false);
+                if is_link {
+                    bail!(
+                        "{} is a symbolic link; bootsecrets refuses symlinks on the way to and under the output root",
+                        shown.display()
+                    );
+                }
+                bail!("{} is not a directory", shown.display())
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot open directory {}", shown.display()));
+            }
+        }
+    }
+}
+
+fn set_owner_mode(fd: BorrowedFd<'_>, uid: u32, gid: u32, mode: u32, shown: &Path) -> Result<()> {
+    fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+        .with_context(|| format!("cannot set owner {uid}:{gid} on {}", shown.display()))?;
+    fchmod(fd, Mode::from_bits_truncate(mode))
+        .with_context(|| format!("cannot set mode {mode:04o} on {}", shown.display()))?;
+    Ok(())
+}
+
+impl OutputRoot {
+    /// Opens (creating if needed) and checks the output root, then takes its lock.
+    pub fn open(spec: &RootSpec) -> Result<OutputRoot> {
+        let comps: Vec<String> = spec
+            .path
+            .components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        let (last, ancestors) = comps
+            .split_last()
+            .ok_or_else(|| anyhow!("output root {} has no name", spec.path.display()))?;
+        let mut dir = openat(nix::fcntl::AT_FDCWD, "/", dir_flags(), Mode::empty())
+            .context("cannot open /")?;
+        let mut shown = PathBuf::from("/");
+        for c in ancestors {
+            shown.push(c);
+            dir = open_dir(dir.as_fd(), c, &shown, false)?.0;
+        }
+        shown.push(last);
+        let (root, _) = open_dir(dir.as_fd(), last, &shown, true)?;
+
+        let fs = nix::sys::statfs::fstatfs(root.as_fd())
+            .with_context(|| format!("cannot statfs {}", shown.display()))?;
+        let fstype = fs.filesystem_type().0 as i64;
+        if fstype != TMPFS_MAGIC && fstype != RAMFS_MAGIC {
+            if !spec.allow_non_tmpfs {
+                bail!(
+                    "output root {} is not on tmpfs or ramfs (filesystem type {fstype:#x}); secrets \
+                     must not reach a disk. Mount a tmpfs there or choose a root under /run \
+                     (--allow-non-tmpfs exists for development only)",
+                    shown.display()
+                );
+            }
+            log::warn!(
+                "output root {} is not on tmpfs or ramfs; allowed by --allow-non-tmpfs",
+                shown.display()
+            );
+        }
+        set_owner_mode(root.as_fd(), spec.uid, spec.gid, spec.mode, &shown)?;
+        let fd = Flock::lock(root, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+            anyhow!(
+                "output root {} is locked by another bootsecrets run ({e})",
+                shown.display()
+            )
+        })?;
+        Ok(OutputRoot {
+            fd,
+            spec: spec.clone(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.spec.path
+    }
+
+    /// Opens (creating as needed) the directory `comps` below the root.
+    fn subdir(&self, comps: &[String]) -> Result<Option<OwnedFd>> {
+        if comps.is_empty() {
+            return Ok(None);
+        }
+        let mut shown = self.spec.path.clone();
+        let mut cur: Option<OwnedFd> = None;
+        for c in comps {
+            shown.push(c);
+            let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd());
+            let (fd, _) = open_dir(parent, c, &shown, true)?;
+            set_owner_mode(
+                fd.as_fd(),
+                self.spec.uid,
+                self.spec.gid,
+                self.spec.mode,
+                &shown,
+            )?;
+            cur = Some(fd);
+        }
+        Ok(cur)
+    }
+
+    /// Publishes `outputs` as one set: all files are staged first; only if every one of them was
+    /// written are they renamed into place. On error no staged file remains.
+    pub fn publish(&self, outputs: &[Output<'_>]) -> Result<()> {
+        let mut dirs: Vec<Option<OwnedFd>> = Vec::new();
+        let mut dir_index: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+        let mut staged: Vec<Staged> = Vec::new();
+
+        let result = (|| -> Result<()> {
+            for out in outputs {
+                let (parents, name) = out.path.split();
+                let idx = match dir_index.get(parents) {
+                    Some(&i) => i,
+                    None => {
+                        let fd = self.subdir(parents)?;
+                        dirs.push(fd);
+                        let i = dirs.len() - 1;
+                        dir_index.insert(parents.to_vec(), i);
+                        self.remove_stale(self.dir_fd(&dirs[i]), parents)?;
+                        i
+                    }
+                };
+                let dir = self.dir_fd(&dirs[idx]);
+                let shown = self.spec.path.join(out.path.to_string());
+                check_target(dir, name, &shown)?;
+                let tmp = format!(
+                    "{TEMP_PREFIX}{}.{:016x}",
+                    std::process::id(),
+                    fastrand::u64(..)
+                );
+                let fd = openat(
+                    dir,
+                    tmp.as_str(),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .with_context(|| {
+                    format!("cannot create a temporary file next to {}", shown.display())
+                })?;
+                staged.push(Staged {
+                    dir: idx,
+                    tmp: tmp.clone(),
+                    name: name.to_string(),
+                });
+                set_owner_mode(fd.as_fd(), out.uid, out.gid, out.mode, &shown)?;
+                let mut file = std::fs::File::from(fd);
+                file.write_all(out.value.expose())
+                    .with_context(|| format!("cannot write {}", shown.display()))?;
+                file.sync_all()
+                    .with_context(|| format!("cannot fsync {}", shown.display()))?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            for s in &staged {
+                let _ = unlinkat(
+                    self.dir_fd(&dirs[s.dir]),
+                    s.tmp.as_str(),
+                    UnlinkatFlags::NoRemoveDir,
+                );
+            }
+            return Err(e);
+        }
+
+        for (i, s) in staged.iter().enumerate() {
+            let dir = self.dir_fd(&dirs[s.dir]);
+            if let Err(e) = renameat(dir, s.tmp.as_str(), dir, s.name.as_str()) {
+                for rest in &staged[i..] {
+                    let _ = unlinkat(
+                        self.dir_fd(&dirs[rest.dir]),
+                        rest.tmp.as_str(),
+                        UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+                return Err(e).with_context(|| format!("cannot rename into place: {}", s.name));
+            }
+        }
+        for d in &dirs {
+            fsync(self.dir_fd(d)).context("cannot fsync an output directory")?;
+        }
+        fsync(self.fd.as_fd()).context("cannot fsync the output root")?;
+        Ok(())
+    }
+
+    fn dir_fd<'a>(&'a self, d: &'a Option<OwnedFd>) -> BorrowedFd<'a> {
+        d.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd())
+    }
+
+    /// Removes temporary files a killed run left behind (we hold the lock: none is in use).
+    fn remove_stale(&self, dir: BorrowedFd<'_>, comps: &[String]) -> Result<()> {
+        let mut d = nix::dir::Dir::openat(dir, ".", dir_flags(), Mode::empty())
+            .context("cannot list an output directory")?;
+        let stale: Vec<std::ffi::CString> = d
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_bytes().starts_with(TEMP_PREFIX.as_bytes()))
+            .map(|e| e.file_name().to_owned())
+            .collect();
+        for name in stale {
+            log::debug!(
+                "removing stale temporary file {}/{}",
+                self.spec.path.join(comps.join("/")).display(),
+                name.to_string_lossy()
+            );
+            unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir)
+                .context("cannot remove a stale temporary file")?;
+        }
+        Ok(())
+    }
+}
+
+struct Staged {
+    dir: usize,
+    tmp: String,
+    name: String,
+}
+
+/// The target may be absent or a regular file; anything else is refused.
+fn check_target(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<()> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(Errno::ENOENT) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", shown.display())),
+        Ok(st) => {
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            if kind == SFlag::S_IFREG {
+                Ok(())
+            } else if kind == SFlag::S_IFLNK {
+                bail!(
+                    "{} is a symbolic link; bootsecrets refuses symlinks under the output root",
+                    shown.display()
+                )
+            } else if kind == SFlag::S_IFDIR {
+                bail!("{} is a directory", shown.display())
+            } else {
+                bail!("{} exists and is not a regular file", shown.display())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn scratch(name: &str) -> PathBuf {
+        let p = PathBuf::from(format!(
+            "/dev/shm/bootsecrets-unit-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        p
+    }
+
+    fn spec(path: &Path) -> RootSpec {
+        RootSpec {
+            path: path.to_path_buf(),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+            mode: 0o700,
+            allow_non_tmpfs: false,
+        }
+    }
+
+    #[test]
+    fn writes_a_set_with_modes_and_leaves_no_temp_files() {
+        let root = scratch("set");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let (a, b) = (
+            RelPath::parse("a").unwrap(),
+            RelPath::parse("sub/dir/b").unwrap(),
+        );
+        let (va, vb) = (Secret::new(b"one".to_vec()), Secret::new(b"two".to_vec()));
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        r.publish(&[
+            Output {
+                path: &a,
+                value: &va,
+                mode: 0o400,
+                uid,
+                gid,
+            },
+            Output {
+                path: &b,
+                value: &vb,
+                mode: 0o640,
+                uid,
+                gid,
+            },
+        ])
+        .unwrap();
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"one");
+        assert_eq!(std::fs::read(root.join("sub/dir/b")).unwrap(), b"two");
+        let m = |p: &str| {
+            std::fs::metadata(root.join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(m("a"), 0o400);
+        assert_eq!(m("sub/dir/b"), 0o640);
+        assert_eq!(m("sub"), 0o700);
+        assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o7777, 0o700);
+        let names: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_planted_symlink_fails_the_set_and_removes_staged_files() {
+        let root = scratch("symlink");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        std::os::unix::fs::symlink("/etc/shadow", root.join("b")).unwrap();
+        let (a, b) = (RelPath::parse("a").unwrap(), RelPath::parse("b").unwrap());
+        let v = Secret::new(b"x".to_vec());
+        let err = r
+            .publish(&[
+                Output {
+                    path: &a,
+                    value: &v,
+                    mode: 0o400,
+                    uid: 0,
+                    gid: 0,
+                },
+                Output {
+                    path: &b,
+                    value: &v,
+                    mode: 0o400,
+                    uid: 0,
+                    gid: 0,
+                },
+            ])
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        let names: Vec<_> = std::fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("b")]);
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_root_or_ancestor_is_refused() {
+        let real = scratch("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = scratch("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e1 = OutputRoot::open(&spec(&link)).err().unwrap();
+        let e2 = OutputRoot::open(&spec(&link.join("below"))).err().unwrap();
+        for e in [e1, e2] {
+            assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+        }
+        std::fs::remove_file(&link).unwrap();
+        std::fs::remove_dir_all(&real).unwrap();
+    }
+
+    #[test]
+    fn a_disk_root_is_refused_unless_allowed() {
+        let dir = std::env::current_dir()
+            .unwrap()
+            .join("target")
+            .join(format!("unit-disk-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut s = spec(&dir);
+        let fstype = nix::sys::statfs::statfs("target")
+            .unwrap()
+            .filesystem_type()
+            .0 as i64;
+        if fstype == TMPFS_MAGIC {
+            return; // the build directory itself is on tmpfs: nothing to prove here
+        }
+        let e = OutputRoot::open(&s).err().unwrap();
+        assert!(format!("{e:#}").contains("not on tmpfs"), "{e:#}");
+        s.allow_non_tmpfs = true;
+        OutputRoot::open(&s).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_run_is_locked_out() {
+        let root = scratch("lock");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let e = OutputRoot::open(&spec(&root)).err().unwrap();
+        assert!(format!("{e:#}").contains("locked"), "{e:#}");
+        drop(r);
+        OutputRoot::open(&spec(&root)).unwrap();
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
