@@ -97,7 +97,8 @@ fn open_dir(
                 bail!("{} is not a directory", shown.display())
             }
             Err(e) => {
-                return Err(e).with_context(|| format!("cannot open directory {}", shown.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot open directory {}", shown.display()));
             }
         }
     }

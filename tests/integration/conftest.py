@@ -1,0 +1,122 @@
+"""Fixtures: one real moto server per session, an IMDSv2 double per test, the built binary."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support.imds import ImdsDouble  # noqa: E402
+from support.moto import Moto  # noqa: E402
+
+BIN = Path(os.environ.get("BOOTSECRETS_BIN", ROOT / "target" / "debug" / "bootsecrets"))
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory):
+    m = Moto(log_path=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture
+def imds_factory(moto):
+    started = []
+
+    def make(**kw):
+        d = ImdsDouble(moto, **kw).start()
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def imds(imds_factory):
+    return imds_factory()
+
+
+@pytest.fixture
+def name():
+    """A unique prefix so tests never share secrets in the one moto server."""
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def outdir():
+    """An output root on tmpfs that does not exist yet (bootsecrets creates it)."""
+    d = Path(f"/dev/shm/bootsecrets-test-{uuid.uuid4().hex[:10]}")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+class Result:
+    def __init__(self, proc, elapsed):
+        self.code = proc.returncode
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.elapsed = elapsed
+
+    @property
+    def output(self):
+        return self.stdout + self.stderr
+
+    def __repr__(self):
+        return f"exit {self.code} after {self.elapsed:.2f}s\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
+
+
+@pytest.fixture
+def bootsecrets(tmp_path):
+    """Runs the built binary with a manifest text; never with a secret in argv or env."""
+    assert BIN.exists(), f"{BIN} is missing: build it first (cargo build)"
+
+    def run(manifest: str, *args: str, command: str = "run", timeout: float = 120):
+        mpath = tmp_path / "manifest.toml"
+        mpath.write_text(manifest)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+        start = time.monotonic()
+        proc = subprocess.run(
+            [str(BIN), command, "--manifest", str(mpath), *args],
+            capture_output=True, text=True, env=env, timeout=timeout,
+        )
+        return Result(proc, time.monotonic() - start)
+
+    return run
+
+
+def aws_manifest(outdir, imds, moto, secrets, *, region="us-east-1", settings="", backend_extra=""):
+    """A manifest with one aws backend pointed at the local moto and IMDS double."""
+    region_line = f'region = "{region}"' if region else ""
+    body = f"""
+[settings]
+output_root = "{outdir}"
+{settings}
+
+[backend.aws]
+type = "aws"
+{region_line}
+endpoint = "{moto.url}"
+imds_endpoint = "{imds.url}"
+{backend_extra}
+"""
+    for s in secrets:
+        body += "\n[[secret]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in s.items())
+    return body
+
+
+def toml_value(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    return json.dumps(v)  # a JSON string is a valid TOML basic string

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the tests and the demo need into the repository (nothing system-wide beyond what
+# apt installs): the Python venv with moto and pytest. Idempotent and quick when up to date.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=.venv-test
+req=tests/requirements.txt
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$req" | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating $venv from $req" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,1 @@
+"""Test support for bootsecrets: real servers (moto) and faithful doubles (IMDSv2)."""

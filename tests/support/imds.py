@@ -1,0 +1,154 @@
+"""A faithful AWS IMDSv2 double.
+
+What it enforces, as EC2's Instance Metadata Service does:
+* `PUT /latest/api/token` needs `X-aws-ec2-metadata-token-ttl-seconds` in 1..21600 (else 400) and
+  is refused with 403 when it carries `X-Forwarded-For`; the answer repeats the TTL header.
+* every `GET` needs a valid, unexpired `X-aws-ec2-metadata-token` (else 401);
+* `/latest/meta-data/iam/security-credentials/` lists the role, `.../ROLE` gives credentials
+  minted by moto's real `sts:AssumeRole` (so moto accepts their signatures),
+  `/latest/dynamic/instance-identity/document` gives the region.
+
+Knobs for tests: `v1_only` (the token PUT is not supported, GETs need no token: an old
+IMDSv1-only metadata server), `listen_after` (the port refuses connections for that many seconds,
+as at early boot), `corrupt_secret_key` (credentials whose secret key moto will reject),
+`role=None` (no instance profile attached). Every request is recorded in `requests`.
+"""
+
+import json
+import secrets
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from .net import free_port
+
+TOKEN_PATH = "/latest/api/token"
+CREDS_PATH = "/latest/meta-data/iam/security-credentials/"
+DOC_PATH = "/latest/dynamic/instance-identity/document"
+
+
+class ImdsDouble:
+    def __init__(self, moto, role="node", region="us-east-1", v1_only=False,
+                 listen_after=0.0, corrupt_secret_key=False, host="127.0.0.1", port=None):
+        self.moto = moto
+        self.role = role
+        self.region = region
+        self.v1_only = v1_only
+        self.listen_after = listen_after
+        self.corrupt_secret_key = corrupt_secret_key
+        self.host = host
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
+        self.tokens = {}  # token -> expiry (monotonic)
+        self.requests = []  # (method, path, headers)
+        self.handed_out = []  # every token and secret credential given out, for leak checks
+        self.lock = threading.Lock()
+        self.server = None
+
+    # -- lifecycle
+    def start(self) -> "ImdsDouble":
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_PUT(self):
+                double._handle(self, "PUT")
+
+            def do_GET(self):
+                double._handle(self, "GET")
+
+        self.server = ThreadingHTTPServer((self.host, self.port), Handler, bind_and_activate=False)
+        self.server.daemon_threads = True
+        self.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.server_bind()  # the port is ours but refuses connections until listen()
+
+        self.serving = threading.Event()
+        self.stopping = threading.Event()
+
+        if not self.listen_after:
+            self.server.server_activate()
+
+        def serve():
+            if self.listen_after:
+                if self.stopping.wait(self.listen_after):
+                    return
+                self.server.server_activate()
+            self.serving.set()
+            self.server.serve_forever(poll_interval=0.05)
+
+        threading.Thread(target=serve, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server:
+            self.stopping.set()
+            if self.serving.is_set():
+                self.server.shutdown()
+            self.server.server_close()
+
+    # -- protocol
+    def _reply(self, h, status, body=b"", headers=()):
+        if isinstance(body, str):
+            body = body.encode()
+        h.send_response(status)
+        for k, v in headers:
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.send_header("Content-Type", "text/plain")
+        h.end_headers()
+        h.wfile.write(body)
+
+    def _handle(self, h, method):
+        path = h.path.split("?", 1)[0]
+        with self.lock:
+            self.requests.append((method, path, {k.lower(): v for k, v in h.headers.items()}))
+        if method == "PUT":
+            return self._token(h, path)
+        if not self.v1_only:
+            tok = h.headers.get("X-aws-ec2-metadata-token")
+            with self.lock:
+                exp = self.tokens.get(tok)
+            if exp is None or exp < time.monotonic():
+                return self._reply(h, 401, "Unauthorized")
+        if path == CREDS_PATH:
+            if self.role is None:
+                return self._reply(h, 404, "Not Found")
+            return self._reply(h, 200, self.role)
+        if path.startswith(CREDS_PATH) and self.role and path[len(CREDS_PATH):] == self.role:
+            c = self.moto.assume_role(self.role)
+            if self.corrupt_secret_key:
+                c["SecretAccessKey"] = "wrong" + c["SecretAccessKey"][5:]
+            with self.lock:
+                self.handed_out += [c["SecretAccessKey"], c["Token"]]
+            doc = {"Code": "Success", "LastUpdated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                   "Type": "AWS-HMAC", **c}
+            return self._reply(h, 200, json.dumps(doc, indent=2))
+        if path == DOC_PATH:
+            doc = {"accountId": "123456789012", "architecture": "x86_64",
+                   "availabilityZone": f"{self.region}a", "imageId": "ami-0123456789abcdef0",
+                   "instanceId": "i-0123456789abcdef0", "instanceType": "m6i.large",
+                   "privateIp": "10.0.0.10", "region": self.region, "version": "2017-09-30"}
+            return self._reply(h, 200, json.dumps(doc, indent=2))
+        return self._reply(h, 404, "Not Found")
+
+    def _token(self, h, path):
+        if path != TOKEN_PATH or self.v1_only:
+            return self._reply(h, 404 if self.v1_only else 403, "Not Found")
+        if "X-Forwarded-For" in h.headers:
+            return self._reply(h, 403, "Forbidden")
+        ttl = h.headers.get("X-aws-ec2-metadata-token-ttl-seconds", "")
+        if not ttl.isdigit() or not 1 <= int(ttl) <= 21600:
+            return self._reply(h, 400, "Bad Request")
+        tok = secrets.token_urlsafe(40)
+        with self.lock:
+            self.tokens[tok] = time.monotonic() + int(ttl)
+            self.handed_out.append(tok)
+        self._reply(h, 200, tok, [("X-aws-ec2-metadata-token-ttl-seconds", ttl)])
+
+    def gets_without_token(self):
+        return [r for r in self.requests if r[0] == "GET" and "x-aws-ec2-metadata-token" not in r[2]]
