@@ -54,8 +54,10 @@ pub struct RunArgs {
 }
 
 /// Extra verbosity from the environment (`BOOTSECRETS_VERBOSE=1` or `2`), for unit files.
+pub const VERBOSE_ENV: &str = "BOOTSECRETS_VERBOSE";
+
 fn env_verbosity() -> u8 {
-    std::env::var("BOOTSECRETS_VERBOSE")
+    std::env::var(VERBOSE_ENV)
         .ok()
         .and_then(|v| v.trim().parse::<u8>().ok())
         .unwrap_or(0)
