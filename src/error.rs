@@ -90,6 +90,36 @@ pub fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
     None
 }
 
+/// Visits every error in a chain, including the payloads of `io::Error`s (which
+/// `io::Error::source()` skips), until `f` returns true.
+fn any_in_chain(
+    err: &(dyn std::error::Error + 'static),
+    f: &mut dyn FnMut(&(dyn std::error::Error + 'static)) -> bool,
+) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if f(e) {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && any_in_chain(inner, f)
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// True when the chain holds a TLS failure (certificate, protocol): retrying cannot help. Seen
+/// from the SDK's HTTPS client as `io::Error(Other, io::Error(InvalidData, rustls::Error))`.
+#[cfg(feature = "aws")]
+pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    any_in_chain(err, &mut |e| e.downcast_ref::<rustls::Error>().is_some())
+}
+
 /// A short, fixed description of a transport-level failure, for messages.
 pub fn describe_io(err: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;

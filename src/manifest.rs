@@ -51,6 +51,7 @@ pub struct AwsEntry {
     pub imds_endpoint_mode: Option<String>,
     pub use_fips: Option<bool>,
     pub timeout_seconds: Option<u64>,
+    pub allow_http: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

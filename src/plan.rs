@@ -362,10 +362,7 @@ impl Plan {
                             j + 1
                         ));
                     }
-                    if sp.mode & 0o070 != 0
-                        && root_mode & 0o070 == 0
-                        && sp.group.id != root_owner.id
-                    {
+                    if sp.mode & 0o070 != 0 && root_mode & 0o070 == 0 {
                         warnings.push(format!(
                             "{label}: mode {:04o} grants group access, but the output root is 0700; \
                              set settings.root_group so the group can reach it",

@@ -10,6 +10,9 @@ pub const BASE_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest pause between two attempts (before jitter).
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 
+/// Time kept for a last attempt: a backoff is shortened rather than sleep into it.
+pub const FINAL_ATTEMPT: Duration = Duration::from_secs(1);
+
 /// The instant by which the whole run must have finished.
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline {
@@ -73,6 +76,7 @@ where
 {
     let mut attempt = 0u32;
     let mut last = String::from("no attempt was made");
+    let mut last_chance_taken = false;
     loop {
         let remaining = deadline.remaining();
         if remaining.is_zero() {
@@ -92,15 +96,21 @@ where
         if err.class == Class::Permanent {
             return Err(RetryError::Permanent(err));
         }
-        let pause = backoff(attempt, err.retry_after);
         last = err.message;
         let remaining = deadline.remaining();
-        if pause >= remaining {
-            return Err(RetryError::Deadline {
-                attempts: attempt,
-                total: deadline.total(),
-                last,
-            });
+        let mut pause = backoff(attempt, err.retry_after);
+        if pause + FINAL_ATTEMPT > remaining {
+            // No room for a full backoff: sleep only until FINAL_ATTEMPT before the deadline and
+            // try once more, then give up.
+            if last_chance_taken || remaining < FINAL_ATTEMPT {
+                return Err(RetryError::Deadline {
+                    attempts: attempt,
+                    total: deadline.total(),
+                    last,
+                });
+            }
+            last_chance_taken = true;
+            pause = remaining - FINAL_ATTEMPT;
         }
         log::warn!(
             "{what}: {last} (attempt {attempt}, transient); retrying in {} ms",
@@ -180,5 +190,30 @@ mod tests {
         let d = Deadline::after(Duration::from_secs(5));
         let r: Result<(), _> = retry("t", &d, |_| std::future::pending()).await;
         assert!(matches!(r, Err(RetryError::Deadline { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_backoff_still_leaves_a_last_attempt() {
+        // A server asks for 60 s but the deadline is 10 s away: one more try just before it.
+        let calls = Cell::new(0);
+        let d = Deadline::after(Duration::from_secs(10));
+        let start = Instant::now();
+        let r = retry("t", &d, |_| {
+            calls.set(calls.get() + 1);
+            let n = calls.get();
+            async move {
+                if n == 1 {
+                    Err(FetchError {
+                        retry_after: Some(Duration::from_secs(60)),
+                        ..FetchError::transient("429")
+                    })
+                } else {
+                    Ok(n)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2);
+        assert!(start.elapsed() >= Duration::from_secs(8));
     }
 }

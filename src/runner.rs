@@ -87,35 +87,34 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     })
     .map_err(RunError::Failed)?;
 
-    // Identity: every backend in use, concurrently.
-    let connected = futures_util::future::join_all(plan.used_backends().map(|(name, cfg)| {
+    // Identity: every backend in use, concurrently; the first failure ends the run.
+    let connected = futures_util::future::try_join_all(plan.used_backends().map(|(name, cfg)| {
         let deadline = &deadline;
-        async move { (name, cfg, Backend::connect(name, cfg, deadline).await) }
-    }))
-    .await;
-    let mut backends: BTreeMap<&str, Backend> = BTreeMap::new();
-    for (name, cfg, result) in connected {
-        match result {
-            Ok(b) => {
-                log::debug!("backend `{name}` ({}): identity established", cfg.kind());
-                backends.insert(name, b);
-            }
-            Err(e) => {
-                let users: Vec<String> = plan
-                    .secrets
-                    .iter()
-                    .filter(|s| &s.backend == name)
-                    .map(|s| format!("`{}`", s.path))
-                    .collect();
-                let label = format!(
-                    "backend `{name}` ({}), needed by secret(s) {}",
-                    cfg.kind(),
-                    users.join(", ")
-                );
-                return Err(retry_failure(label, e));
+        async move {
+            match Backend::connect(name, cfg, deadline).await {
+                Ok(b) => {
+                    log::debug!("backend `{name}` ({}): identity established", cfg.kind());
+                    Ok((name.as_str(), b))
+                }
+                Err(e) => {
+                    let users: Vec<String> = plan
+                        .secrets
+                        .iter()
+                        .filter(|s| &s.backend == name)
+                        .map(|s| format!("`{}`", s.path))
+                        .collect();
+                    let label = format!(
+                        "backend `{name}` ({}), needed by secret(s) {}",
+                        cfg.kind(),
+                        users.join(", ")
+                    );
+                    Err(retry_failure(label, e))
+                }
             }
         }
-    }
+    }))
+    .await?;
+    let backends: BTreeMap<&str, Backend> = connected.into_iter().collect();
 
     // Fetch, bounded; the first failure ends the run and cancels the fetches still in flight.
     let mut done: Vec<Done> = stream::iter(plan.secrets.iter().enumerate())

@@ -7,9 +7,10 @@
 //! * The root (and any subdirectory bootsecrets creates in it) gets the plan's mode and owner.
 //! * Each file is staged as `.bootsecrets-tmp.*` in its final directory: created with mode 0000,
 //!   `fchown`ed and `fchmod`ed to its final owner and mode before the first byte, written,
-//!   `fsync`ed. Only when every file of the set is staged are they renamed into place, then each
-//!   directory is `fsync`ed. If anything fails before that, every staged file is removed, so a
-//!   failed run adds nothing where consumers look.
+//!   `fsync`ed. Only when every file of the set is staged are they moved into place (existing
+//!   targets swapped with `RENAME_EXCHANGE`, new ones created with `RENAME_NOREPLACE`), then each
+//!   directory is `fsync`ed. If anything fails, every file already moved is swapped back and every
+//!   staged file removed: a failed run leaves the previous set exactly as it was.
 //! * An existing target that is a symlink, a directory or anything but a regular file is refused.
 //!   A rename replaces the directory entry and never writes through it.
 //! * An exclusive `flock` on the root serialises concurrent runs; stale temporary files left by a
@@ -19,7 +20,7 @@ use crate::plan::{RelPath, TEMP_PREFIX};
 use crate::secret::Secret;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, renameat};
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, RenameFlags, openat, renameat2};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 use std::collections::BTreeMap;
@@ -193,93 +194,71 @@ impl OutputRoot {
         Ok(cur)
     }
 
-    /// Publishes `outputs` as one set: all files are staged first; only if every one of them was
-    /// written are they renamed into place. On error no staged file remains.
+    /// Publishes `outputs` as one set: [`OutputRoot::stage`] then [`StagedSet::commit`].
     pub fn publish(&self, outputs: &[Output<'_>]) -> Result<()> {
-        let mut dirs: Vec<Option<OwnedFd>> = Vec::new();
-        let mut dir_index: BTreeMap<Vec<String>, usize> = BTreeMap::new();
-        let mut staged: Vec<Staged> = Vec::new();
-
-        let result = (|| -> Result<()> {
-            for out in outputs {
-                let (parents, name) = out.path.split();
-                let idx = match dir_index.get(parents) {
-                    Some(&i) => i,
-                    None => {
-                        let fd = self.subdir(parents)?;
-                        dirs.push(fd);
-                        let i = dirs.len() - 1;
-                        dir_index.insert(parents.to_vec(), i);
-                        self.remove_stale(self.dir_fd(&dirs[i]), parents)?;
-                        i
-                    }
-                };
-                let dir = self.dir_fd(&dirs[idx]);
-                let shown = self.spec.path.join(out.path.to_string());
-                check_target(dir, name, &shown)?;
-                let tmp = format!(
-                    "{TEMP_PREFIX}{}.{:016x}",
-                    std::process::id(),
-                    fastrand::u64(..)
-                );
-                let fd = openat(
-                    dir,
-                    tmp.as_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .with_context(|| {
-                    format!("cannot create a temporary file next to {}", shown.display())
-                })?;
-                staged.push(Staged {
-                    dir: idx,
-                    tmp: tmp.clone(),
-                    name: name.to_string(),
-                });
-                set_owner_mode(fd.as_fd(), out.uid, out.gid, out.mode, &shown)?;
-                let mut file = std::fs::File::from(fd);
-                file.write_all(out.value.expose())
-                    .with_context(|| format!("cannot write {}", shown.display()))?;
-                file.sync_all()
-                    .with_context(|| format!("cannot fsync {}", shown.display()))?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = result {
-            for s in &staged {
-                let _ = unlinkat(
-                    self.dir_fd(&dirs[s.dir]),
-                    s.tmp.as_str(),
-                    UnlinkatFlags::NoRemoveDir,
-                );
-            }
-            return Err(e);
-        }
-
-        for (i, s) in staged.iter().enumerate() {
-            let dir = self.dir_fd(&dirs[s.dir]);
-            if let Err(e) = renameat(dir, s.tmp.as_str(), dir, s.name.as_str()) {
-                for rest in &staged[i..] {
-                    let _ = unlinkat(
-                        self.dir_fd(&dirs[rest.dir]),
-                        rest.tmp.as_str(),
-                        UnlinkatFlags::NoRemoveDir,
-                    );
-                }
-                return Err(e).with_context(|| format!("cannot rename into place: {}", s.name));
-            }
-        }
-        for d in &dirs {
-            fsync(self.dir_fd(d)).context("cannot fsync an output directory")?;
-        }
-        fsync(self.fd.as_fd()).context("cannot fsync the output root")?;
-        Ok(())
+        self.stage(outputs)?.commit()
     }
 
+    /// Writes every output to a temporary file next to its target, with its final owner and mode
+    /// set before the first byte. Nothing is visible under a target name yet. If this fails, or
+    /// the returned set is dropped without [`StagedSet::commit`], every staged file is removed.
+    pub fn stage(&self, outputs: &[Output<'_>]) -> Result<StagedSet<'_>> {
+        let mut set = StagedSet {
+            root: self,
+            dirs: Vec::new(),
+            files: Vec::new(),
+        };
+        let mut dir_index: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+        for out in outputs {
+            let (parents, name) = out.path.split();
+            let idx = match dir_index.get(parents) {
+                Some(&i) => i,
+                None => {
+                    set.dirs.push(self.subdir(parents)?);
+                    let i = set.dirs.len() - 1;
+                    dir_index.insert(parents.to_vec(), i);
+                    self.remove_stale(self.dir_fd(&set.dirs[i]), parents)?;
+                    i
+                }
+            };
+            let dir = self.dir_fd(&set.dirs[idx]);
+            let shown = self.spec.path.join(out.path.to_string());
+            let replaces = check_target(dir, name, &shown)?;
+            let tmp = format!(
+                "{TEMP_PREFIX}{}.{:016x}",
+                std::process::id(),
+                fastrand::u64(..)
+            );
+            let fd = openat(
+                dir,
+                tmp.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .with_context(|| {
+                format!("cannot create a temporary file next to {}", shown.display())
+            })?;
+            set.files.push(Staged {
+                dir: idx,
+                tmp,
+                name: name.to_string(),
+                shown: shown.clone(),
+                replaces,
+                state: State::Staged,
+            });
+            set_owner_mode(fd.as_fd(), out.uid, out.gid, out.mode, &shown)?;
+            let mut file = std::fs::File::from(fd);
+            file.write_all(out.value.expose())
+                .with_context(|| format!("cannot write {}", shown.display()))?;
+            file.sync_all()
+                .with_context(|| format!("cannot fsync {}", shown.display()))?;
+        }
+        Ok(set)
+    }
     fn dir_fd<'a>(&'a self, d: &'a Option<OwnedFd>) -> BorrowedFd<'a> {
         d.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd())
     }
@@ -307,21 +286,152 @@ impl OutputRoot {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// The new content is under the temporary name.
+    Staged,
+    /// Swapped into place; the temporary name holds the previous file if `replaces`.
+    Committed,
+    /// Nothing is left under the temporary name.
+    Gone,
+}
+
 struct Staged {
     dir: usize,
     tmp: String,
     name: String,
+    shown: PathBuf,
+    /// A regular file existed under `name` when staging checked it.
+    replaces: bool,
+    state: State,
 }
 
-/// The target may be absent or a regular file; anything else is refused.
-fn check_target(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<()> {
+/// A set of staged files, not yet visible. Dropping it without committing removes them.
+pub struct StagedSet<'r> {
+    root: &'r OutputRoot,
+    dirs: Vec<Option<OwnedFd>>,
+    files: Vec<Staged>,
+}
+
+impl StagedSet<'_> {
+    fn dir(&self, i: usize) -> BorrowedFd<'_> {
+        self.root.dir_fd(&self.dirs[i])
+    }
+
+    /// Moves every staged file into place. A target that existed is swapped with its new version
+    /// (`renameat2(RENAME_EXCHANGE)`), so the previous file stays under the temporary name until
+    /// the whole set is in; a new target is created with `RENAME_NOREPLACE`, so a file that
+    /// appeared since staging is never clobbered. If any step fails, the files already moved are
+    /// swapped back (or moved back), leaving the previous set exactly as it was.
+    pub fn commit(mut self) -> Result<()> {
+        let mut failure = None;
+        for i in 0..self.files.len() {
+            let f = &self.files[i];
+            let flags = if f.replaces {
+                RenameFlags::RENAME_EXCHANGE
+            } else {
+                RenameFlags::RENAME_NOREPLACE
+            };
+            let dir = self.dir(f.dir);
+            match renameat2(dir, f.tmp.as_str(), dir, f.name.as_str(), flags) {
+                Ok(()) => self.files[i].state = State::Committed,
+                Err(e) => {
+                    failure = Some(anyhow::Error::new(e).context(format!(
+                        "cannot move {} into place{}",
+                        f.shown.display(),
+                        if f.replaces {
+                            ""
+                        } else {
+                            " (a file appeared there since staging?)"
+                        }
+                    )));
+                    break;
+                }
+            }
+        }
+        if let Some(err) = failure {
+            let mut unrestored = Vec::new();
+            for i in (0..self.files.len()).rev() {
+                let f = &self.files[i];
+                if f.state != State::Committed {
+                    continue;
+                }
+                let dir = self.dir(f.dir);
+                let back = if f.replaces {
+                    renameat2(
+                        dir,
+                        f.tmp.as_str(),
+                        dir,
+                        f.name.as_str(),
+                        RenameFlags::RENAME_EXCHANGE,
+                    )
+                } else {
+                    renameat2(
+                        dir,
+                        f.name.as_str(),
+                        dir,
+                        f.tmp.as_str(),
+                        RenameFlags::RENAME_NOREPLACE,
+                    )
+                };
+                match back {
+                    Ok(()) => self.files[i].state = State::Staged,
+                    Err(e) => unrestored.push(format!("{} ({e})", f.shown.display())),
+                }
+            }
+            if !unrestored.is_empty() {
+                return Err(err.context(format!(
+                    "and restoring the previous version failed for: {}",
+                    unrestored.join(", ")
+                )));
+            }
+            return Err(err); // Drop removes the staged files
+        }
+        // The whole set is in place. Remove the previous versions and sync the directories.
+        for i in 0..self.files.len() {
+            let f = &self.files[i];
+            if f.replaces
+                && let Err(e) =
+                    unlinkat(self.dir(f.dir), f.tmp.as_str(), UnlinkatFlags::NoRemoveDir)
+            {
+                log::warn!(
+                    "cannot remove the previous version of {}: {e}",
+                    f.shown.display()
+                );
+            }
+            self.files[i].state = State::Gone;
+        }
+        for i in 0..self.dirs.len() {
+            if let Err(e) = fsync(self.dir(i)) {
+                log::warn!("cannot fsync an output directory: {e}");
+            }
+        }
+        if let Err(e) = fsync(self.root.fd.as_fd()) {
+            log::warn!("cannot fsync the output root: {e}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagedSet<'_> {
+    fn drop(&mut self) {
+        for f in &self.files {
+            if f.state != State::Gone {
+                let _ = unlinkat(self.dir(f.dir), f.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+        }
+    }
+}
+
+/// The target may be absent (false) or a regular file (true); anything else is refused.
+fn check_target(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<bool> {
     match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::ENOENT) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("cannot stat {}", shown.display())),
         Ok(st) => {
             let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
             if kind == SFlag::S_IFREG {
-                Ok(())
+                Ok(true)
             } else if kind == SFlag::S_IFLNK {
                 bail!(
                     "{} is a symbolic link; bootsecrets refuses symlinks under the output root",
@@ -472,7 +582,7 @@ mod tests {
             .unwrap()
             .filesystem_type()
             .0 as i64;
-        if fstype == TMPFS_MAGIC {
+        if fstype == TMPFS_MAGIC || fstype == RAMFS_MAGIC {
             return; // the build directory itself is on tmpfs: nothing to prove here
         }
         let e = OutputRoot::open(&s).err().unwrap();
@@ -480,6 +590,140 @@ mod tests {
         s.allow_non_tmpfs = true;
         OutputRoot::open(&s).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn names(root: &Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failed_commit_restores_the_previous_set() {
+        let root = scratch("rollback");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let (a, b, c) = (
+            RelPath::parse("a").unwrap(),
+            RelPath::parse("b").unwrap(),
+            RelPath::parse("c").unwrap(),
+        );
+        let old = Secret::new(b"old".to_vec());
+        r.publish(&[
+            Output {
+                path: &a,
+                value: &old,
+                mode: 0o400,
+                uid,
+                gid,
+            },
+            Output {
+                path: &b,
+                value: &old,
+                mode: 0o400,
+                uid,
+                gid,
+            },
+        ])
+        .unwrap();
+        let new = Secret::new(b"new".to_vec());
+        let staged = r
+            .stage(&[
+                Output {
+                    path: &a,
+                    value: &new,
+                    mode: 0o440,
+                    uid,
+                    gid,
+                },
+                Output {
+                    path: &b,
+                    value: &new,
+                    mode: 0o440,
+                    uid,
+                    gid,
+                },
+                Output {
+                    path: &c,
+                    value: &new,
+                    mode: 0o440,
+                    uid,
+                    gid,
+                },
+            ])
+            .unwrap();
+        // Something creates `c` between staging and commit: RENAME_NOREPLACE refuses to clobber it,
+        // after `a` and `b` were already swapped in; they must be swapped back.
+        std::fs::write(root.join("c"), b"foreign").unwrap();
+        let err = staged.commit().unwrap_err();
+        assert!(format!("{err:#}").contains("cannot move"), "{err:#}");
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"old");
+        assert_eq!(std::fs::read(root.join("b")).unwrap(), b"old");
+        assert_eq!(std::fs::read(root.join("c")).unwrap(), b"foreign");
+        assert_eq!(
+            std::fs::metadata(root.join("a"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o400
+        );
+        assert_eq!(names(&root), vec!["a", "b", "c"]);
+        // And a successful commit replaces both and leaves no previous versions behind.
+        std::fs::remove_file(root.join("c")).unwrap();
+        r.publish(&[
+            Output {
+                path: &a,
+                value: &new,
+                mode: 0o440,
+                uid,
+                gid,
+            },
+            Output {
+                path: &b,
+                value: &new,
+                mode: 0o440,
+                uid,
+                gid,
+            },
+        ])
+        .unwrap();
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"new");
+        assert_eq!(names(&root), vec!["a", "b"]);
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_staged_set_leaves_nothing() {
+        let root = scratch("drop");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let (uid, gid) = (
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
+        );
+        let a = RelPath::parse("x/a").unwrap();
+        let v = Secret::new(b"v".to_vec());
+        let staged = r
+            .stage(&[Output {
+                path: &a,
+                value: &v,
+                mode: 0o400,
+                uid,
+                gid,
+            }])
+            .unwrap();
+        assert_eq!(names(&root.join("x")).len(), 1);
+        drop(staged);
+        assert!(names(&root.join("x")).is_empty());
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

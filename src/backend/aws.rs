@@ -1,6 +1,6 @@
 //! AWS Secrets Manager, authenticated with the instance role's credentials from IMDSv2.
 
-use crate::error::{FetchError, describe_io, find_io_error};
+use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
 use crate::identity::aws_imds::{self, ImdsSettings, InstanceIdentity};
 use crate::manifest::{AwsEntry, SecretEntry};
 use crate::plan::EnvLookup;
@@ -42,6 +42,25 @@ fn valid_url(u: &str) -> bool {
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !u.chars().any(char::is_whitespace))
 }
 
+/// True for `http(s)://` URLs whose host is a loopback address or `localhost`.
+fn is_loopback_url(u: &str) -> bool {
+    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// First of: the manifest key, then each environment variable in order.
 fn setting(
     key: Option<&String>,
@@ -74,10 +93,16 @@ pub fn plan(e: &AwsEntry, env: EnvLookup<'_>) -> Result<AwsConfig, Vec<String>> 
         env,
         &["AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL"],
     );
-    if let Some((u, src)) = &endpoint
-        && !valid_url(u)
-    {
-        errors.push(format!("{src} `{u}` is not an http:// or https:// URL"));
+    if let Some((u, src)) = &endpoint {
+        if !valid_url(u) {
+            errors.push(format!("{src} `{u}` is not an http:// or https:// URL"));
+        } else if u.starts_with("http://") && !is_loopback_url(u) && e.allow_http != Some(true) {
+            errors.push(format!(
+                "{src} `{u}` is plain http: the session token and the secret values would cross \
+                 the network unencrypted; use https (plain http is accepted for loopback \
+                 addresses, or with allow_http = true)"
+            ));
+        }
     }
     let mode = setting(
         e.imds_endpoint_mode.as_ref(),
@@ -342,6 +367,12 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 "SignatureDoesNotMatch" | "IncompleteSignature" => {
                     (false, "the request signature was rejected")
                 }
+                // The SDK learns the clock offset from the failed response and corrects the next
+                // request: at boot, before NTP has synced, this clears on retry.
+                "RequestTimeTooSkewed" | "RequestExpired" | "InvalidSignatureException" => (
+                    true,
+                    "the request signature was rejected as expired or skewed (is the clock set?)",
+                ),
                 "ExpiredTokenException" | "ExpiredToken" => {
                     (false, "the instance credentials have expired")
                 }
@@ -382,10 +413,19 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
             } else if d.is_timeout() {
                 FetchError::transient("connection timed out")
             } else {
-                let detail = find_io_error(err)
-                    .map(describe_io)
-                    .unwrap_or("connection failed");
-                FetchError::transient(format!("cannot reach Secrets Manager: {detail}"))
+                match find_io_error(err) {
+                    // A certificate or protocol failure will not clear by retrying.
+                    _ if is_tls_error(err) => FetchError::permanent(
+                        "TLS handshake with Secrets Manager failed (certificate or protocol error)",
+                    ),
+                    Some(io) => FetchError::transient(format!(
+                        "cannot reach Secrets Manager: {}",
+                        describe_io(io)
+                    )),
+                    None => {
+                        FetchError::transient("cannot reach Secrets Manager: connection failed")
+                    }
+                }
             }
         }
         SdkError::ResponseError(_) => {
@@ -393,5 +433,92 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
         }
         SdkError::ConstructionFailure(_) => FetchError::permanent("the request could not be built"),
         _ => FetchError::transient("unexpected error talking to Secrets Manager"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::error::ErrorMetadata;
+
+    fn service_error(
+        status: u16,
+        code: Option<&str>,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> FetchError {
+        let mut meta = ErrorMetadata::builder();
+        if let Some(c) = code {
+            meta = meta.code(c);
+        }
+        let err = GetSecretValueError::generic(meta.build());
+        let mut raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::from(body));
+        for (k, v) in headers {
+            raw.headers_mut().insert(k.to_string(), v.to_string());
+        }
+        classify(&SdkError::service_error(err, raw))
+    }
+
+    #[test]
+    fn service_errors_are_classified_by_code_then_status() {
+        let e = service_error(
+            400,
+            Some("ThrottlingException"),
+            "{}",
+            &[("retry-after", "7")],
+        );
+        assert!(e.is_transient());
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(e.message, "throttled (ThrottlingException, HTTP 400)");
+
+        let e = service_error(400, Some("ResourceNotFoundException"), "{}", &[]);
+        assert!(!e.is_transient());
+        assert!(e.message.starts_with("not found"));
+
+        let xml = "<ErrorResponse><Error><Code>AccessDenied</Code><Message>User: x</Message></Error></ErrorResponse>";
+        let e = service_error(403, None, xml, &[]);
+        assert!(!e.is_transient());
+        assert_eq!(e.message, "access denied (AccessDenied, HTTP 403)");
+        assert!(
+            !e.message.contains("User"),
+            "the body's message is never quoted"
+        );
+
+        let e = service_error(
+            400,
+            None,
+            "",
+            &[("x-amzn-errortype", "InternalServiceError:http://x")],
+        );
+        assert!(e.is_transient());
+        assert!(e.message.contains("(InternalServiceError, HTTP 400)"));
+
+        assert!(service_error(503, None, "<html>", &[]).is_transient());
+        assert!(service_error(429, None, "", &[]).is_transient());
+        assert!(service_error(400, Some("InvalidSignatureException"), "", &[]).is_transient());
+        assert!(!service_error(403, Some("SignatureDoesNotMatch"), "", &[]).is_transient());
+        assert!(!service_error(418, None, "", &[]).is_transient());
+    }
+
+    #[test]
+    fn loopback_urls() {
+        for u in [
+            "http://127.0.0.1:4566",
+            "http://localhost",
+            "http://[::1]:80/x",
+            "http://127.9.9.9",
+        ] {
+            assert!(is_loopback_url(u), "{u}");
+        }
+        for u in [
+            "http://10.0.2.2:4566",
+            "http://example.com",
+            "http://127.0.0.1.evil.com",
+            "http://[fd00::1]",
+        ] {
+            assert!(!is_loopback_url(u), "{u}");
+        }
     }
 }

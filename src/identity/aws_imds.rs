@@ -60,50 +60,64 @@ struct CredentialsDocument {
 }
 
 pub struct InstanceIdentity {
-    client: Client,
-    endpoint: String,
+    settings: ImdsSettings,
 }
 
 impl InstanceIdentity {
     pub fn new(settings: &ImdsSettings) -> Result<Self, FetchError> {
-        let client = Client::builder()
-            .endpoint(&settings.endpoint)
-            .map_err(|_| {
-                FetchError::permanent(format!("invalid IMDS endpoint `{}`", settings.endpoint))
-            })?
-            .max_attempts(2)
-            .connect_timeout(settings.timeout.min(Duration::from_secs(2)))
-            .read_timeout(settings.timeout)
-            .operation_attempt_timeout(settings.timeout)
-            .operation_timeout(settings.timeout * 3)
-            .token_ttl(Duration::from_secs(300))
-            .build();
-        Ok(InstanceIdentity {
-            client,
-            endpoint: settings.endpoint.clone(),
-        })
+        let me = InstanceIdentity {
+            settings: settings.clone(),
+        };
+        me.client()?; // validate the endpoint now
+        Ok(me)
     }
 
-    async fn get(&self, path: &str, what: &str) -> Result<Zeroizing<String>, FetchError> {
-        self.client
+    /// A fresh client per attempt: it fetches a new session token, so a token the service has
+    /// rejected (401) is never reused by the next attempt. Building one makes no request.
+    fn client(&self) -> Result<Client, FetchError> {
+        let s = &self.settings;
+        Ok(Client::builder()
+            .endpoint(&s.endpoint)
+            .map_err(|_| FetchError::permanent(format!("invalid IMDS endpoint `{}`", s.endpoint)))?
+            .max_attempts(2)
+            .connect_timeout(s.timeout.min(Duration::from_secs(2)))
+            .read_timeout(s.timeout)
+            .operation_attempt_timeout(s.timeout)
+            .operation_timeout(s.timeout * 3)
+            .token_ttl(Duration::from_secs(300))
+            .build())
+    }
+
+    async fn get(
+        &self,
+        client: &Client,
+        path: &str,
+        what: &str,
+    ) -> Result<Zeroizing<String>, FetchError> {
+        client
             .get(path)
             .await
             .map(|s| Zeroizing::new(String::from(s)))
-            .map_err(|e| classify(&e, &self.endpoint, what))
+            .map_err(|e| classify(&e, &self.settings.endpoint, what))
     }
 
     /// The instance role's current credentials (one attempt; the caller retries).
     pub async fn credentials(&self) -> Result<AwsCredentials, FetchError> {
-        let roles = self.get(CREDENTIALS_PATH, "the IAM role name").await?;
+        let client = self.client()?;
+        let endpoint = &self.settings.endpoint;
+        let roles = self
+            .get(&client, CREDENTIALS_PATH, "the IAM role name")
+            .await?;
         let role = roles.lines().next().unwrap_or("").trim();
         if role.is_empty() || role.contains('/') {
             return Err(FetchError::permanent(format!(
                 "IMDS at {}: no IAM role (instance profile) is attached to this instance",
-                self.endpoint
+                endpoint
             )));
         }
         let doc = self
             .get(
+                &client,
                 &format!("{CREDENTIALS_PATH}{role}"),
                 "the role's credentials",
             )
@@ -111,7 +125,7 @@ impl InstanceIdentity {
         let doc: CredentialsDocument = serde_json::from_str(&doc).map_err(|_| {
             FetchError::permanent(format!(
                 "IMDS at {}: the credentials document for role `{role}` is not the expected JSON",
-                self.endpoint
+                endpoint
             ))
         })?;
         if doc.code != "Success" {
@@ -123,7 +137,7 @@ impl InstanceIdentity {
                 .collect();
             return Err(FetchError::transient(format!(
                 "IMDS at {}: credentials for role `{role}` are not ready (Code {code})",
-                self.endpoint
+                endpoint
             )));
         }
         let expiration = doc.expiration.as_deref().and_then(|e| {
@@ -133,7 +147,7 @@ impl InstanceIdentity {
         });
         log::debug!(
             "IMDS at {}: credentials for role `{role}` obtained",
-            self.endpoint
+            endpoint
         );
         Ok(AwsCredentials {
             access_key_id: doc.access_key_id,
@@ -149,13 +163,19 @@ impl InstanceIdentity {
         struct Doc {
             region: String,
         }
+        let client = self.client()?;
+        let endpoint = &self.settings.endpoint;
         let text = self
-            .get(IDENTITY_DOCUMENT_PATH, "the instance identity document")
+            .get(
+                &client,
+                IDENTITY_DOCUMENT_PATH,
+                "the instance identity document",
+            )
             .await?;
         let doc: Doc = serde_json::from_str(&text).map_err(|_| {
             FetchError::permanent(format!(
                 "IMDS at {}: the instance identity document has no `region`",
-                self.endpoint
+                endpoint
             ))
         })?;
         if doc.region.is_empty()
@@ -166,7 +186,7 @@ impl InstanceIdentity {
         {
             return Err(FetchError::permanent(format!(
                 "IMDS at {}: the instance identity document's region is not a region name",
-                self.endpoint
+                endpoint
             )));
         }
         Ok(doc.region)

@@ -203,3 +203,22 @@ def test_many_secrets_concurrently(moto, imds, outdir, name, bootsecrets):
     assert r.code == 0, r
     for i in range(12):
         assert (outdir / "s" / str(i)).read_bytes() == f"value-{i}".encode()
+
+
+def test_tls_failure_is_permanent(moto, imds, outdir, name, bootsecrets):
+    """https to a plain-http port: the handshake fails, and retrying cannot help."""
+    m = aws_manifest(outdir, imds, moto, [{"path": "x", "ref": f"{name}/x"}], settings="deadline_seconds = 60")
+    m = m.replace(f'endpoint = "{moto.url}"', f'endpoint = "{moto.url.replace("http://", "https://")}"')
+    r = bootsecrets(m)
+    assert r.code == 1, r
+    assert "TLS handshake with Secrets Manager failed" in r.stderr, r
+    assert r.elapsed < 30, r
+
+
+def test_plain_http_endpoint_off_loopback_needs_allow_http(moto, imds, outdir, bootsecrets):
+    m = aws_manifest(outdir, imds, moto, [{"path": "x", "ref": "x"}])
+    m = m.replace(f'endpoint = "{moto.url}"', 'endpoint = "http://10.0.2.100:4566"')
+    r = bootsecrets(m, command="check")
+    assert r.code == 2 and "is plain http" in r.stderr, r
+    r = bootsecrets(m.replace('type = "aws"', 'type = "aws"\nallow_http = true'), command="check")
+    assert r.code == 0, r
