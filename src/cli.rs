@@ -1,7 +1,8 @@
 //! The command line. Every flag here is documented in docs/cli.md (a test checks it).
 
 use crate::error::RunError;
-use crate::{hygiene, logging, manifest, plan, runner};
+use crate::{hygiene, logging, manifest, plan, render, runner};
+use anyhow::Context;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,35 @@ pub enum Command {
     Run(RunArgs),
     /// Validate the manifest offline (no network) and print what `run` would write.
     Check,
+    /// Print the Butane snippet or the Ignition config that installs bootsecrets on a node.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RenderFormat {
+    /// A Butane config to copy into your own (`variant`/`version` for the chosen OS).
+    Butane,
+    /// An Ignition 3.3.0 config, e.g. to merge with `ignition.config.merge` (`local:`).
+    Ignition,
+}
+
+#[derive(Debug, Args)]
+pub struct RenderArgs {
+    /// What to print.
+    #[arg(value_enum)]
+    pub format: RenderFormat,
+    /// The node's OS.
+    #[arg(long, value_enum)]
+    pub variant: render::Variant,
+    /// Where Ignition downloads the (static) bootsecrets binary from.
+    #[arg(long, value_name = "URL")]
+    pub binary_url: String,
+    /// sha512 of that binary (128 hex digits, as `sha512sum` prints), verified by Ignition.
+    #[arg(long, value_name = "HEX")]
+    pub binary_sha512: String,
+    /// Also install a kubelet.service drop-in that requires bootsecrets (for a kubelet unit you do not own).
+    #[arg(long)]
+    pub kubelet_dropin: bool,
 }
 
 #[derive(Debug, Default, Args)]
@@ -68,6 +98,34 @@ fn check(cli: &Cli) -> ExitCode {
         Ok(p) => {
             print!("{}", p.describe());
             println!("manifest {} is valid", cli.manifest.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bootsecrets: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn render_cmd(cli: &Cli, args: &RenderArgs) -> ExitCode {
+    let result = std::fs::read_to_string(&cli.manifest)
+        .with_context(|| format!("cannot read manifest {}", cli.manifest.display()))
+        .and_then(|manifest| {
+            let install = render::Install {
+                variant: args.variant,
+                binary_url: args.binary_url.clone(),
+                binary_sha512: args.binary_sha512.clone(),
+                manifest,
+                kubelet_dropin: args.kubelet_dropin,
+            };
+            match args.format {
+                RenderFormat::Butane => render::butane(&install),
+                RenderFormat::Ignition => render::ignition(&install),
+            }
+        });
+    match result {
+        Ok(text) => {
+            print!("{text}");
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -107,6 +165,7 @@ pub fn main() -> ExitCode {
     logging::init(cli.verbose.saturating_add(env_verbosity()), cli.quiet);
     match &cli.command {
         Some(Command::Check) => check(&cli),
+        Some(Command::Render(args)) => render_cmd(&cli, args),
         Some(Command::Run(args)) => run(&cli, args),
         None => run(&cli, &RunArgs::default()),
     }

@@ -10,6 +10,7 @@ pub mod identity;
 pub mod logging;
 pub mod manifest;
 pub mod plan;
+pub mod render;
 pub mod retry;
 pub mod runner;
 pub mod secret;

@@ -25,6 +25,7 @@ pub struct Manifest {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    pub layout: Option<String>,
     pub output_root: Option<String>,
     pub root_owner: Option<String>,
     pub root_group: Option<String>,

@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_OUTPUT_ROOT: &str = "/run/bootsecrets";
+/// Where systemd looks for credentials by name (`LoadCredential=`, `ImportCredential=`).
+pub const CREDSTORE_ROOT: &str = "/run/credstore";
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 pub const MAX_DEADLINE_SECONDS: u64 = 3600;
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -82,6 +84,15 @@ impl fmt::Display for RelPath {
     }
 }
 
+/// How outputs are laid out under the root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Any relative paths, modes and owners (default).
+    Files,
+    /// A systemd credential store: flat credential names, root-owned files, a root-only root.
+    Credstore,
+}
+
 /// How the fetched value is turned into file content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Encoding {
@@ -105,6 +116,7 @@ pub struct SecretPlan {
 
 #[derive(Debug)]
 pub struct Plan {
+    pub layout: Layout,
     pub output_root: PathBuf,
     pub root_owner: Principal,
     pub root_group: Principal,
@@ -243,7 +255,21 @@ impl Plan {
         let mut warnings = Vec::new();
         let s = &m.settings;
 
-        let output_root = validate_root(s.output_root.as_deref().unwrap_or(DEFAULT_OUTPUT_ROOT))
+        let layout = match s.layout.as_deref() {
+            None | Some("files") => Layout::Files,
+            Some("credstore") => Layout::Credstore,
+            Some(o) => {
+                errors.push(format!(
+                    "settings.layout `{o}` is not one of \"files\", \"credstore\""
+                ));
+                Layout::Files
+            }
+        };
+        let default_root = match layout {
+            Layout::Files => DEFAULT_OUTPUT_ROOT,
+            Layout::Credstore => CREDSTORE_ROOT,
+        };
+        let output_root = validate_root(s.output_root.as_deref().unwrap_or(default_root))
             .unwrap_or_else(|e| {
                 errors.push(format!("settings: {e}"));
                 PathBuf::from(DEFAULT_OUTPUT_ROOT)
@@ -391,6 +417,9 @@ impl Plan {
             }
         }
 
+        if layout == Layout::Credstore {
+            credstore_rules(&mut errors, s.root_group.is_some(), &root_owner, &secrets);
+        }
         if !errors.is_empty() {
             let n = errors.len();
             return Err(anyhow!(
@@ -400,6 +429,7 @@ impl Plan {
             ));
         }
         Ok(Plan {
+            layout,
             output_root,
             root_owner,
             root_group,
@@ -423,6 +453,9 @@ impl Plan {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         let root = &self.output_root;
+        if self.layout == Layout::Credstore {
+            out += "layout       credstore: consume with LoadCredential=NAME:/run/credstore/NAME\n";
+        }
         out += &format!(
             "output root  {} (directory {:04o} {}:{}; must be on tmpfs or ramfs)\n",
             root.display(),
@@ -467,6 +500,38 @@ impl Plan {
             out += &format!("warning: {w}\n");
         }
         out
+    }
+}
+
+/// The systemd credential store convention: a root-only directory of root-only files named by
+/// credential name, read by PID 1 for `LoadCredential=NAME:/run/credstore/NAME`.
+fn credstore_rules(
+    errors: &mut Vec<String>,
+    root_group: bool,
+    root_owner: &Principal,
+    secrets: &[SecretPlan],
+) {
+    if root_group || root_owner.id != 0 {
+        errors.push(
+            "settings: the credstore layout keeps the root owned by root with mode 0700; \
+             remove root_owner and root_group"
+                .into(),
+        );
+    }
+    for s in secrets {
+        if s.path.components().len() != 1 {
+            errors.push(format!(
+                "secret `{}`: the credstore layout takes a credential name, not a path with `/`",
+                s.path
+            ));
+        }
+        if s.owner.id != 0 || s.group.id != 0 {
+            errors.push(format!(
+                "secret `{}`: credentials are owned by root (systemd hands them to the unit with \
+                 the unit's own ownership); remove owner and group",
+                s.path
+            ));
+        }
     }
 }
 
@@ -657,6 +722,27 @@ backend = "other"
             "same output as secret #1",
             "backend `other` is not configured",
         ] {
+            assert!(msg.contains(needle), "{needle} missing from {msg}");
+        }
+    }
+
+    #[test]
+    fn credstore_layout() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return; // defaults to the running user, which must be root for this layout
+        }
+        let p = plan(&format!(
+            "[settings]\nlayout = \"credstore\"\n{BASE}\n[[secret]]\npath = \"kubelet.token\"\nref = \"x\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.output_root, PathBuf::from(CREDSTORE_ROOT));
+        assert_eq!((p.root_mode, p.secrets[0].mode), (0o700, 0o400));
+        let err = plan(&format!(
+            "[settings]\nlayout = \"credstore\"\nroot_group = \"0\"\n{BASE}\n[[secret]]\npath = \"a/b\"\nref = \"x\"\nowner = \"65534\"\n"
+        ))
+        .unwrap_err();
+        let msg = format!("{err:#}");
+        for needle in ["mode 0700", "not a path", "owned by root"] {
             assert!(msg.contains(needle), "{needle} missing from {msg}");
         }
     }

@@ -6,7 +6,7 @@
 //! * The root must be on tmpfs or ramfs (`fstatfs`) unless the caller explicitly allows otherwise.
 //! * The root (and any subdirectory bootsecrets creates in it) gets the plan's mode and owner.
 //! * Each file is staged as `.bootsecrets-tmp.*` in its final directory: created with mode 0000,
-//!   `fchown`ed and `fchmod`ed to its final owner and mode before the first byte, written,
+//!   `fchmod`ed and `fchown`ed to its final mode and owner before the first byte, written,
 //!   `fsync`ed. Only when every file of the set is staged are they moved into place (existing
 //!   targets swapped with `RENAME_EXCHANGE`, new ones created with `RENAME_NOREPLACE`), then each
 //!   directory is `fsync`ed. If anything fails, every file already moved is swapped back and every
@@ -105,11 +105,19 @@ fn open_dir(
     }
 }
 
+/// Mode first, then owner: while bootsecrets still owns the inode, `fchmod` needs no capability,
+/// so the unit can run with CAP_CHOWN alone (no CAP_FOWNER). Both happen before any content.
 fn set_owner_mode(fd: BorrowedFd<'_>, uid: u32, gid: u32, mode: u32, shown: &Path) -> Result<()> {
-    fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-        .with_context(|| format!("cannot set owner {uid}:{gid} on {}", shown.display()))?;
-    fchmod(fd, Mode::from_bits_truncate(mode))
-        .with_context(|| format!("cannot set mode {mode:04o} on {}", shown.display()))?;
+    let st =
+        nix::sys::stat::fstat(fd).with_context(|| format!("cannot stat {}", shown.display()))?;
+    if st.st_mode & 0o7777 != mode {
+        fchmod(fd, Mode::from_bits_truncate(mode))
+            .with_context(|| format!("cannot set mode {mode:04o} on {}", shown.display()))?;
+    }
+    if (st.st_uid, st.st_gid) != (uid, gid) {
+        fchown(fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
+            .with_context(|| format!("cannot set owner {uid}:{gid} on {}", shown.display()))?;
+    }
     Ok(())
 }
 

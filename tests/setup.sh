@@ -4,6 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages: ignition-validate (Ignition 2.14) for the snippet tests; systemd for
+# systemd-analyze. Installed only when missing.
+need=()
+command -v ignition-validate >/dev/null || need+=(ignition)
+command -v systemd-analyze >/dev/null || need+=(systemd)
+command -v setpriv >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
 venv=.venv-test
 req=tests/requirements.txt
 stamp="$venv/.requirements.sha256"
