@@ -134,9 +134,10 @@ fn data_url(text: &str) -> String {
 /// The Ignition config (spec 3.3.0) equivalent to [`butane`].
 pub fn ignition(i: &Install) -> Result<String> {
     i.validate()?;
-    let mut ignition = ign::Ignition::default();
-    ignition.version = Some("3.3.0".into());
-    let mut config = ign::Config::new(ignition);
+    let mut config = ign::Config::new(ign::Ignition {
+        version: Some("3.3.0".into()),
+        ..Default::default()
+    });
 
     let mut binary = ign::File::new(BINARY_PATH.into());
     binary.mode = Some(0o755);
