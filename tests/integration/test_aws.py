@@ -222,3 +222,21 @@ def test_plain_http_endpoint_off_loopback_needs_allow_http(moto, imds, outdir, b
     assert r.code == 2 and "is plain http" in r.stderr, r
     r = bootsecrets(m.replace('type = "aws"', 'type = "aws"\nallow_http = true'), command="check")
     assert r.code == 0, r
+
+
+def test_backend_that_comes_up_late_is_waited_for(moto, imds, outdir, name, bootsecrets):
+    """Secrets Manager behind a proxy that drops connections for its first 3 seconds."""
+    from support.proxy import LateProxy
+
+    moto.client("secretsmanager").create_secret(Name=f"{name}/late", SecretString="eventually")
+    proxy = LateProxy(moto.port, down_for=3.0).start()
+    try:
+        m = aws_manifest(outdir, imds, moto, [{"path": "late", "ref": f"{name}/late"}],
+                         settings="deadline_seconds = 30")
+        r = bootsecrets(m.replace(moto.url, f"http://127.0.0.1:{proxy.port}"))
+    finally:
+        proxy.stop()
+    assert r.code == 0, r
+    assert (outdir / "late").read_bytes() == b"eventually"
+    assert proxy.refused >= 2 and proxy.forwarded >= 1, (proxy.refused, proxy.forwarded)
+    assert "transient" in r.stderr and "retrying" in r.stderr, r
