@@ -5,15 +5,35 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: ignition-validate (Ignition 2.14) for the snippet tests; systemd for
-# systemd-analyze. Installed only when missing.
+# systemd-analyze; with --boot, what the qemu first-boot test needs. Installed only when missing.
+boot=0
+[ "${1:-}" = "--boot" ] && boot=1
 need=()
 command -v ignition-validate >/dev/null || need+=(ignition)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
+if [ $boot = 1 ]; then
+  command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+  command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+fi
+updated=0
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}" >&2
-  apt-get update -qq
+  apt-get update -qq && updated=1
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# qemu: bookworm's qemu-system-x86 conflicts with the machine's backports qemu-utils, so it comes
+# from bookworm-backports too.
+if [ $boot = 1 ] && ! command -v qemu-system-x86_64 >/dev/null; then
+  list=/etc/apt/sources.list.d/bookworm-backports.list
+  if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo "deb http://deb.debian.org/debian bookworm-backports main" > "$list"
+    updated=0
+  fi
+  [ $updated = 1 ] || apt-get update -qq
+  echo "setup: apt-get install -t bookworm-backports qemu-system-x86" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports qemu-system-x86 >/dev/null
 fi
 
 venv=.venv-test

@@ -1,0 +1,250 @@
+"""A real first boot: Debian with dracut + Ignition in the initramfs, systemd as PID 1, under qemu
+(software emulation). Ignition applies the config rendered by `bootsecrets render ignition`,
+downloads the freshly built static binary from a host server with sha512 verification, and
+systemd enables the unit by preset. Secrets come from the real moto server and the IMDSv2 double
+on the host.
+
+Network safety: qemu user networking with restrict=on; the guest reaches only the guestfwd
+addresses below, each mapped to one loopback port of a test server:
+  10.0.2.100:80 -> the binary's HTTP server   10.0.2.101:80 -> moto (or a late proxy to it)
+  10.0.2.102:80 -> the IMDSv2 double
+Every qemu run is under `timeout` (tests/boot/boot.sh).
+"""
+
+import base64
+import hashlib
+import http.server
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+from support.imds import ImdsDouble  # noqa: E402
+from support.moto import Moto  # noqa: E402
+from support.proxy import LateProxy  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+IMAGE = Path(os.environ.get("BOOTSECRETS_BOOT_IMAGE", ROOT / "target" / "boot-image"))
+STATIC_BIN = Path(os.environ.get("BOOTSECRETS_STATIC_BIN",
+                                 ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "bootsecrets"))
+HOST_BIN = Path(os.environ.get("BOOTSECRETS_BIN", ROOT / "target" / "debug" / "bootsecrets"))
+BINARY_GUEST, MOTO_GUEST, IMDS_GUEST = "10.0.2.100", "10.0.2.101", "10.0.2.102"
+
+
+@pytest.fixture(scope="module")
+def image():
+    """Built once per checkout of build-image.sh (a fresh clone always builds it)."""
+    want = hashlib.sha256((HERE / "build-image.sh").read_bytes()).hexdigest()
+    stamp = IMAGE / "build-image.sha256"
+    if not (stamp.exists() and stamp.read_text() == want and (IMAGE / "base.img").exists()):
+        subprocess.run([str(HERE / "build-image.sh"), str(IMAGE)], check=True)
+        stamp.write_text(want)
+    return IMAGE
+
+
+@pytest.fixture(scope="module")
+def moto(tmp_path_factory):
+    m = Moto(log_path=tmp_path_factory.mktemp("moto") / "moto.log").start()
+    yield m
+    m.stop()
+
+
+@pytest.fixture(scope="module")
+def binary_server(tmp_path_factory):
+    assert STATIC_BIN.exists(), f"{STATIC_BIN} missing: build the static release binary first"
+    d = tmp_path_factory.mktemp("www")
+    shutil.copy(STATIC_BIN, d / "bootsecrets")
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(d), **kw)  # noqa: E731
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield srv.server_address[1], hashlib.sha512((d / "bootsecrets").read_bytes()).hexdigest()
+    srv.shutdown()
+
+
+def data_url(text):
+    return "data:;base64," + base64.b64encode(text.encode()).decode()
+
+
+def manifest(name, deadline=90):
+    return f"""# boot test manifest: references only
+[settings]
+root_group = "nogroup"
+deadline_seconds = {deadline}
+
+[backend.aws]
+type = "aws"
+endpoint = "http://{MOTO_GUEST}"
+allow_http = true
+imds_endpoint = "http://{IMDS_GUEST}"
+
+[[secret]]
+path = "kubelet/bootstrap-token"
+ref = "{name}/token"
+mode = "0440"
+owner = "nobody"
+group = "nogroup"
+
+[[secret]]
+path = "db/password"
+ref = "{name}/db"
+json_key = "password"
+"""
+
+
+def ignition_config(tmp, name, sha512, deadline=90):
+    mpath = tmp / "manifest.toml"
+    mpath.write_text(manifest(name, deadline))
+    r = subprocess.run([str(HOST_BIN), "render", "ignition", "--variant", "flatcar",
+                        "--binary-url", f"http://{BINARY_GUEST}/bootsecrets", "--binary-sha512", sha512,
+                        "--manifest", str(mpath)], capture_output=True, text=True, check=True)
+    cfg = json.loads(r.stdout)
+    for script in ("kubelet-standin", "boot-report"):
+        cfg["storage"]["files"].append({"path": f"/opt/bin/{script}", "mode": 0o755,
+                                        "contents": {"source": data_url((HERE / "guest" / script).read_text())}})
+    cfg["systemd"]["units"] += [
+        {"name": "kubelet.service", "enabled": True, "contents":
+            "[Unit]\nDescription=kubelet stand-in\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+            "ExecStart=/opt/bin/kubelet-standin\n[Install]\nWantedBy=multi-user.target\n"},
+        {"name": "boot-report.service", "enabled": True, "contents":
+            "[Unit]\nDescription=report to the host\nAfter=bootsecrets.service kubelet.service\n"
+            "[Service]\nType=oneshot\nExecStart=/opt/bin/boot-report\n[Install]\nWantedBy=multi-user.target\n"},
+    ]
+    path = tmp / "config.ign"
+    path.write_text(json.dumps(cfg))
+    v = subprocess.run(["ignition-validate", str(path)], capture_output=True, text=True)
+    assert v.returncode == 0 and not v.stdout.strip() and not v.stderr.strip(), v
+    return path
+
+
+class Report:
+    def __init__(self, text):
+        m = re.search(r"BEGIN-REPORT\n(.*?)END-REPORT", text, re.S)
+        assert m, f"no report from the guest:\n{text[-3000:]}"
+        self.lines = m.group(1).splitlines()
+
+    def prop(self, unit, key):
+        for line in self.lines:
+            if line.startswith(f"{unit} {key}="):
+                return line.split("=", 1)[1]
+        return None
+
+    def starting(self, prefix):
+        return [line[len(prefix) + 1:] for line in self.lines if line.startswith(prefix + " ")]
+
+    def __repr__(self):
+        return "\n".join(self.lines)
+
+
+def boot(image, tmp, config, hostports, label, second_boot=False):
+    results = tmp / f"{label}.results"
+    env = dict(os.environ, OVERLAY=str(tmp / "disk.qcow2"), BOOT_TIMEOUT="420",
+               CONSOLE_LOG=str(tmp / f"{label}.console"))
+    args = [str(HERE / "boot.sh"), str(image), "-" if second_boot else str(config), str(results)]
+    args += [f"{ip}:80={port}" for ip, port in hostports]
+    r = subprocess.run(args, env=env, capture_output=True, text=True)
+    console = (tmp / f"{label}.console").read_text(errors="replace")
+    assert r.returncode == 0, f"qemu: {r.stdout}{r.stderr}\n--- console tail\n{console[-4000:]}"
+    return Report(results.read_text(errors="replace"))
+
+
+def seed(moto, name, token="boot-token-1", password="boot-pw-1"):
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/token", SecretString=token)
+    sm.create_secret(Name=f"{name}/db", SecretString=json.dumps({"password": password}))
+
+
+def sha(text):
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def assert_secrets_seen(rep, token, password):
+    saw = rep.starting("saw")
+    assert "fstype tmpfs" in saw, rep
+    entries = {e.split()[-1]: e.split()[1:5] for e in saw if e.startswith("entry ")}
+    assert entries["kubelet/bootstrap-token"] == ["f", "440", "nobody", "nogroup"], rep
+    assert entries["db/password"] == ["f", "400", "root", "root"], rep
+    assert entries["kubelet"] == ["d", "750", "root", "nogroup"], rep
+    hashes = {line.split()[2].rsplit("/", 1)[-1]: line.split()[1] for line in saw if line.startswith("sha256 ")}
+    assert hashes == {"bootstrap-token": sha(token), "password": sha(password)}, rep
+
+
+def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_server, tmp_path):
+    """Scenarios 1 (OK, kubelet after bootsecrets) and 4 (second boot of the same disk: /run is
+    empty again, bootsecrets fetches again and picks up a rotated value)."""
+    port, sha512 = binary_server
+    name = f"boot-{uuid.uuid4().hex[:8]}"
+    seed(moto, name)
+    imds = ImdsDouble(moto).start()
+    try:
+        cfg = ignition_config(tmp_path, name, sha512)
+        fwd = [(BINARY_GUEST, port), (MOTO_GUEST, moto.port), (IMDS_GUEST, imds.port)]
+        rep = boot(image, tmp_path, cfg, fwd, "first")
+        assert rep.prop("bootsecrets", "Result") == "success", rep
+        assert rep.prop("kubelet", "ActiveState") == "active", rep
+        done = int(rep.prop("bootsecrets", "ExecMainExitTimestampMonotonic"))
+        started = int(rep.prop("kubelet", "ExecMainStartTimestampMonotonic"))
+        assert 0 < done <= started, rep
+        assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
+        assert any("done: 2 secret(s)" in j for j in rep.starting("journal-bootsecrets")), rep
+        first_boot_id = rep.starting("boot-id")
+
+        moto.client("secretsmanager").put_secret_value(SecretId=f"{name}/token", SecretString="boot-token-2")
+        rep2 = boot(image, tmp_path, None, fwd, "second", second_boot=True)
+        assert rep2.starting("boot-id") != first_boot_id
+        assert rep2.prop("bootsecrets", "Result") == "success", rep2
+        assert_secrets_seen(rep2, "boot-token-2", "boot-pw-1")
+    finally:
+        imds.stop()
+
+
+def test_missing_secret_keeps_kubelet_down(image, moto, binary_server, tmp_path):
+    """Scenario 2: a secret is missing; bootsecrets fails, kubelet never starts, nothing written."""
+    port, sha512 = binary_server
+    name = f"boot-{uuid.uuid4().hex[:8]}"
+    moto.client("secretsmanager").create_secret(Name=f"{name}/token", SecretString="t")  # no {name}/db
+    imds = ImdsDouble(moto).start()
+    try:
+        cfg = ignition_config(tmp_path, name, sha512)
+        rep = boot(image, tmp_path, cfg, [(BINARY_GUEST, port), (MOTO_GUEST, moto.port), (IMDS_GUEST, imds.port)],
+                   "fail")
+    finally:
+        imds.stop()
+    assert rep.prop("bootsecrets", "Result") == "exit-code", rep
+    assert rep.prop("kubelet", "ActiveState") == "inactive", rep
+    assert rep.prop("kubelet", "ExecMainStartTimestampMonotonic") == "0", rep
+    assert any("Dependency failed for kubelet" in j for j in rep.starting("journal")), rep
+    assert any("secret `db/password`" in j and "not found" in j for j in rep.starting("journal-bootsecrets")), rep
+    assert [x for x in rep.starting("listing") if x.split()[0] == "f"] == [], rep
+    assert rep.starting("saw") == [], rep
+
+
+def test_late_backend_is_waited_for(image, moto, binary_server, tmp_path):
+    """Scenario 3: Secrets Manager drops connections for its first 25 s; bootsecrets retries within
+    its deadline, then kubelet starts."""
+    port, sha512 = binary_server
+    name = f"boot-{uuid.uuid4().hex[:8]}"
+    seed(moto, name)
+    imds = ImdsDouble(moto).start()
+    proxy = LateProxy(moto.port, down_for=25.0).start()
+    try:
+        cfg = ignition_config(tmp_path, name, sha512, deadline=120)
+        rep = boot(image, tmp_path, cfg, [(BINARY_GUEST, port), (MOTO_GUEST, proxy.port), (IMDS_GUEST, imds.port)],
+                   "late")
+    finally:
+        proxy.stop()
+        imds.stop()
+    assert proxy.refused >= 2 and proxy.forwarded >= 1, (proxy.refused, proxy.forwarded)
+    assert rep.prop("bootsecrets", "Result") == "success", rep
+    assert rep.prop("kubelet", "ActiveState") == "active", rep
+    assert any("retrying" in j for j in rep.starting("journal-bootsecrets")), rep
+    assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
