@@ -196,6 +196,8 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         assert 0 < done <= started, rep
         assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
         assert any("done: 2 secret(s)" in j for j in rep.starting("journal-bootsecrets")), rep
+        probes = rep.starting("probe")
+        assert len(probes) == 4 and all(" 000 exit=" in p and "exit=0" not in p for p in probes), rep
         first_boot_id = rep.starting("boot-id")
 
         moto.client("secretsmanager").put_secret_value(SecretId=f"{name}/token", SecretString="boot-token-2")
