@@ -468,6 +468,17 @@ mod tests {
         p
     }
 
+    /// An output owned by the test's own user.
+    fn out<'a>(path: &'a RelPath, value: &'a Secret, mode: u32) -> Output<'a> {
+        Output {
+            path,
+            value,
+            mode,
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
     fn spec(path: &Path) -> RootSpec {
         RootSpec {
             path: path.to_path_buf(),
@@ -487,25 +498,8 @@ mod tests {
             RelPath::parse("sub/dir/b").unwrap(),
         );
         let (va, vb) = (Secret::new(b"one".to_vec()), Secret::new(b"two".to_vec()));
-        let uid = nix::unistd::geteuid().as_raw();
-        let gid = nix::unistd::getegid().as_raw();
-        r.publish(&[
-            Output {
-                path: &a,
-                value: &va,
-                mode: 0o400,
-                uid,
-                gid,
-            },
-            Output {
-                path: &b,
-                value: &vb,
-                mode: 0o640,
-                uid,
-                gid,
-            },
-        ])
-        .unwrap();
+        r.publish(&[out(&a, &va, 0o400), out(&b, &vb, 0o640)])
+            .unwrap();
         assert_eq!(std::fs::read(root.join("a")).unwrap(), b"one");
         assert_eq!(std::fs::read(root.join("sub/dir/b")).unwrap(), b"two");
         let m = |p: &str| {
@@ -613,57 +607,20 @@ mod tests {
     fn a_failed_commit_restores_the_previous_set() {
         let root = scratch("rollback");
         let r = OutputRoot::open(&spec(&root)).unwrap();
-        let (uid, gid) = (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        );
         let (a, b, c) = (
             RelPath::parse("a").unwrap(),
             RelPath::parse("b").unwrap(),
             RelPath::parse("c").unwrap(),
         );
         let old = Secret::new(b"old".to_vec());
-        r.publish(&[
-            Output {
-                path: &a,
-                value: &old,
-                mode: 0o400,
-                uid,
-                gid,
-            },
-            Output {
-                path: &b,
-                value: &old,
-                mode: 0o400,
-                uid,
-                gid,
-            },
-        ])
-        .unwrap();
+        r.publish(&[out(&a, &old, 0o400), out(&b, &old, 0o400)])
+            .unwrap();
         let new = Secret::new(b"new".to_vec());
         let staged = r
             .stage(&[
-                Output {
-                    path: &a,
-                    value: &new,
-                    mode: 0o440,
-                    uid,
-                    gid,
-                },
-                Output {
-                    path: &b,
-                    value: &new,
-                    mode: 0o440,
-                    uid,
-                    gid,
-                },
-                Output {
-                    path: &c,
-                    value: &new,
-                    mode: 0o440,
-                    uid,
-                    gid,
-                },
+                out(&a, &new, 0o440),
+                out(&b, &new, 0o440),
+                out(&c, &new, 0o440),
             ])
             .unwrap();
         // Something creates `c` between staging and commit: RENAME_NOREPLACE refuses to clobber it,
@@ -685,23 +642,8 @@ mod tests {
         assert_eq!(names(&root), vec!["a", "b", "c"]);
         // And a successful commit replaces both and leaves no previous versions behind.
         std::fs::remove_file(root.join("c")).unwrap();
-        r.publish(&[
-            Output {
-                path: &a,
-                value: &new,
-                mode: 0o440,
-                uid,
-                gid,
-            },
-            Output {
-                path: &b,
-                value: &new,
-                mode: 0o440,
-                uid,
-                gid,
-            },
-        ])
-        .unwrap();
+        r.publish(&[out(&a, &new, 0o440), out(&b, &new, 0o440)])
+            .unwrap();
         assert_eq!(std::fs::read(root.join("a")).unwrap(), b"new");
         assert_eq!(names(&root), vec!["a", "b"]);
         drop(r);
@@ -712,21 +654,9 @@ mod tests {
     fn a_dropped_staged_set_leaves_nothing() {
         let root = scratch("drop");
         let r = OutputRoot::open(&spec(&root)).unwrap();
-        let (uid, gid) = (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        );
         let a = RelPath::parse("x/a").unwrap();
         let v = Secret::new(b"v".to_vec());
-        let staged = r
-            .stage(&[Output {
-                path: &a,
-                value: &v,
-                mode: 0o400,
-                uid,
-                gid,
-            }])
-            .unwrap();
+        let staged = r.stage(&[out(&a, &v, 0o400)]).unwrap();
         assert_eq!(names(&root.join("x")).len(), 1);
         drop(staged);
         assert!(names(&root.join("x")).is_empty());
