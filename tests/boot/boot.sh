@@ -74,8 +74,8 @@ for hp in "$@"; do
   if [[ "$hp" == *=* ]]; then gside=${hp%%=*}; hport=${hp##*=}; else gside="10.0.2.$((100+i)):80"; hport=$hp; fi
   [[ "$hport" =~ ^[0-9]+$ ]] || { echo "boot.sh: bad host port '$hp'" >&2; exit 2; }
   if [ "$GUESTFWD_MODE" = cmd ]; then
-    # commas must be doubled inside a qemu option value
-    [ -f "$RELAY" ] || { echo "boot.sh: missing $RELAY" >&2; exit 2; }
+    # a comma would end the qemu option value; spaces split the argv (glib parsing)
+    [ -f "$RELAY" ] && [[ "$RELAY" != *[,\ ]* ]] || { echo "boot.sh: missing relay or bad path: $RELAY" >&2; exit 2; }
     NETDEV+=",guestfwd=tcp:$gside-cmd:python3 $RELAY $hport"
   else
     NETDEV+=",guestfwd=tcp:$gside-tcp:127.0.0.1:$hport"

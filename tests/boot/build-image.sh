@@ -44,7 +44,8 @@ EOF' \
   --customize-hook='chroot "$1" systemctl enable systemd-networkd.service systemd-networkd-wait-online.service' \
   --customize-hook="chroot \"\$1\" systemctl disable $NOISY_UNITS || true" \
   --customize-hook='mkdir -p "$1/etc/systemd/system-preset" && printf "%s\n" "# First boot (machine-id \"uninitialized\") runs preset-all in enable-only mode." "# Debian ships no catch-all preset, so every unit with an [Install] section" "# would be enabled; like Fedora CoreOS/Flatcar, default to disable." "disable *" > "$1/etc/systemd/system-preset/99-default-disable.preset"' \
-  --customize-hook='printf "%s\n" "# 90-systemd.preset would enable these; in this image they only add noise:" "# systemd-network-generator fails on a dracut initrd (ip= already rendered in /run)." "disable systemd-network-generator.service" "disable getty@.service" > "$1/etc/systemd/system-preset/10-bootsecrets-test.preset"' \
+  --customize-hook='printf "%s\n" "# 90-systemd.preset would enable this; in this image it only adds noise:" "disable getty@.service" > "$1/etc/systemd/system-preset/10-bootsecrets-test.preset"' \
+  --customize-hook='d="$1/etc/systemd/system/systemd-network-generator.service.d"; mkdir -p "$d" && printf "%s\n" "# The dracut initrd already rendered ip= into /run/systemd/network (kept across" "# switch-root); running the generator again fails (\"91-default.network already" "# exists\") and marks the system degraded. Preset-all re-enables it through" "# systemd-networkd.service Also=, so disabling is not enough: skip it instead." "[Unit]" "ConditionPathExistsGlob=!/run/systemd/network/*" > "$d/10-after-dracut.conf"' \
   --customize-hook="chroot \"\$1\" sh -c 'lsinitrd /boot/initrd.img-*' > '$OUTDIR/initrd.list'" \
   "$SUITE" "$ROOTFS" "$MIRROR"
 step "$t" "mmdebstrap (rootfs+dracut)"

@@ -196,6 +196,7 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         assert 0 < done <= started, rep
         assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
         assert any("done: 2 secret(s)" in j for j in rep.starting("journal-bootsecrets")), rep
+        assert rep.starting("failed-unit") == [], rep
         probes = rep.starting("probe")
         assert len(probes) == 4 and all(" 000 exit=" in p and "exit=0" not in p for p in probes), rep
         first_boot_id = rep.starting("boot-id")
@@ -222,6 +223,7 @@ def test_missing_secret_keeps_kubelet_down(image, moto, binary_server, tmp_path)
     finally:
         imds.stop()
     assert rep.prop("bootsecrets", "Result") == "exit-code", rep
+    assert [u.split()[0] for u in rep.starting("failed-unit")] == ["bootsecrets.service"], rep
     assert rep.prop("kubelet", "ActiveState") == "inactive", rep
     assert rep.prop("kubelet", "ExecMainStartTimestampMonotonic") == "0", rep
     assert any("Dependency failed for kubelet" in j for j in rep.starting("journal")), rep
