@@ -77,47 +77,42 @@ impl RunError {
     }
 }
 
-/// Walks an error's `source()` chain looking for an I/O error, so that connection refused, reset
-/// and timeouts buried inside SDK error types can be told apart from everything else.
-pub fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+/// The first error in a chain for which `f` returns something, visiting `source()` links and
+/// also the payloads of `io::Error`s, which `io::Error::source()` skips. Outermost first.
+fn find_in_chain<'a, T>(
+    err: &'a (dyn std::error::Error + 'static),
+    f: &mut dyn FnMut(&'a (dyn std::error::Error + 'static)) -> Option<T>,
+) -> Option<T> {
+    let mut cur: Option<&'a (dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(io);
+        if let Some(found) = f(e) {
+            return Some(found);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &'a (dyn std::error::Error + 'static) = inner;
+            if let Some(found) = find_in_chain(inner, f) {
+                return Some(found);
+            }
         }
         cur = e.source();
     }
     None
 }
 
-/// Visits every error in a chain, including the payloads of `io::Error`s (which
-/// `io::Error::source()` skips), until `f` returns true.
-fn any_in_chain(
-    err: &(dyn std::error::Error + 'static),
-    f: &mut dyn FnMut(&(dyn std::error::Error + 'static)) -> bool,
-) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if f(e) {
-            return true;
-        }
-        if let Some(inner) = e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            && any_in_chain(inner, f)
-        {
-            return true;
-        }
-        cur = e.source();
-    }
-    false
+/// The outermost I/O error in the chain, so that connection refused, reset and timeouts buried
+/// inside SDK error types can be told apart from everything else.
+pub fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    find_in_chain(err, &mut |e| e.downcast_ref::<std::io::Error>())
 }
 
 /// True when the chain holds a TLS failure (certificate, protocol): retrying cannot help. Seen
 /// from the SDK's HTTPS client as `io::Error(Other, io::Error(InvalidData, rustls::Error))`.
 #[cfg(feature = "aws")]
 pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
-    any_in_chain(err, &mut |e| e.downcast_ref::<rustls::Error>().is_some())
+    find_in_chain(err, &mut |e| e.downcast_ref::<rustls::Error>().map(|_| ())).is_some()
 }
 
 /// A short, fixed description of a transport-level failure, for messages.

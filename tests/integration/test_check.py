@@ -7,13 +7,21 @@ class Unreachable:
     url = "http://127.0.0.1:9"  # discard port: nothing answers; check must not try
 
 
-def test_check_prints_the_plan_and_uses_no_network(outdir, bootsecrets):
-    m = aws_manifest(outdir, Unreachable, Unreachable, [
-        {"path": "kubelet/token", "ref": "prod/token", "mode": "0440", "group": "0"},
-        {"path": "db", "ref": "prod/db", "json_key": "password", "version_stage": "AWSPREVIOUS"},
-    ], settings='root_group = "0"')
-    r = bootsecrets(m, command="check")
+def test_check_prints_the_plan_and_uses_no_network(moto, imds, outdir, bootsecrets):
+    """Both endpoints are live listeners that record contact: check must make none."""
+    from support.proxy import LateProxy
+
+    backend = LateProxy(moto.port, down_for=0).start()
+    try:
+        m = aws_manifest(outdir, imds, moto, [
+            {"path": "kubelet/token", "ref": "prod/token", "mode": "0440", "group": "0"},
+            {"path": "db", "ref": "prod/db", "json_key": "password", "version_stage": "AWSPREVIOUS"},
+        ], settings='root_group = "0"').replace(moto.url, f"http://127.0.0.1:{backend.port}")
+        r = bootsecrets(m, command="check")
+    finally:
+        backend.stop()
     assert r.code == 0, r
+    assert imds.requests == [] and backend.first_contact is None, "check touched the network"
     assert f"output root  {outdir} (directory 0750" in r.stdout, r
     assert f"0440 root:0  {outdir}/kubelet/token  <- aws prod/token" in r.stdout, r
     assert '[version_stage AWSPREVIOUS] (json_key "password")' in r.stdout, r
