@@ -766,4 +766,18 @@ backend = "other"
                 .is_err()
         );
     }
+
+    #[test]
+    fn keys_of_another_backend_type_are_errors() {
+        let err = plan(&format!(
+            "{BASE}[[secret]]\npath = \"a\"\nref = \"b\"\nfield = \"x\"\nkv_version = 2\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`field` does not apply to a backend of type \"aws\""),
+            "{err}"
+        );
+        assert!(err.contains("`kv_version` does not apply"), "{err}");
+    }
 }

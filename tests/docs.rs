@@ -48,16 +48,25 @@ fn section<'a>(doc: &'a str, marker: &str) -> &'a str {
 #[test]
 fn every_manifest_key_is_documented_in_its_section() {
     let doc = read("docs/manifest.md");
-    let probes = [
-        ("## `[settings]`", "[settings]\n__probe__ = 1\n"),
+    let mut probes = vec![
         (
-            "### `type = \"aws\"`",
-            "[backend.x]\ntype = \"aws\"\n__probe__ = 1\n",
+            "## `[settings]`".to_string(),
+            "[settings]\n__probe__ = 1\n".to_string(),
         ),
-        ("## `[[secret]]`", "[[secret]]\n__probe__ = 1\n"),
+        (
+            "## `[[secret]]`".to_string(),
+            "[[secret]]\n__probe__ = 1\n".to_string(),
+        ),
     ];
+    // Every backend type's keys, under its own `### type = "KIND"` heading.
+    for kind in expected_names("[backend.x]\ntype = \"__probe__\"\n") {
+        probes.push((
+            format!("### `type = \"{kind}\"`"),
+            format!("[backend.x]\ntype = \"{kind}\"\n__probe__ = 1\n"),
+        ));
+    }
     let mut missing = Vec::new();
-    for (heading, probe) in probes {
+    for (heading, probe) in &probes {
         let part = section(&doc, heading);
         for key in expected_names(probe) {
             if !part.contains(&format!("| `{key}` |")) {

@@ -168,7 +168,7 @@ pub fn plan(e: &AwsEntry, env: EnvLookup<'_>) -> Result<AwsConfig, Vec<String>> 
 }
 
 pub fn plan_secret(e: &SecretEntry) -> Result<AwsSecretRef, Vec<String>> {
-    let mut errors = Vec::new();
+    let mut errors = super::foreign_keys(e, "aws", &["version_id", "version_stage"]);
     if e.reference.trim().is_empty() {
         errors.push("`ref` must name a secret (its name or ARN)".to_string());
     }

@@ -40,6 +40,28 @@ pub struct Fetched {
     pub version: Option<String>,
 }
 
+/// `[[secret]]` keys that only some backend types understand, with how to read each.
+fn backend_specific_keys(e: &SecretEntry) -> [(&'static str, bool); 6] {
+    [
+        ("version_id", e.version_id.is_some()),
+        ("version_stage", e.version_stage.is_some()),
+        ("version", e.version.is_some()),
+        ("field", e.field.is_some()),
+        ("mount", e.mount.is_some()),
+        ("kv_version", e.kv_version.is_some()),
+    ]
+}
+
+/// Errors for backend-specific keys set on a secret whose backend type does not take them, so a
+/// key meant for another backend is never silently ignored.
+pub fn foreign_keys(e: &SecretEntry, kind: &str, allowed: &[&str]) -> Vec<String> {
+    backend_specific_keys(e)
+        .into_iter()
+        .filter(|(k, set)| *set && !allowed.contains(k))
+        .map(|(k, _)| format!("`{k}` does not apply to a backend of type \"{kind}\""))
+        .collect()
+}
+
 pub fn plan_backend(e: &BackendEntry, env: EnvLookup<'_>) -> Result<BackendConfig, Vec<String>> {
     match e {
         #[cfg(feature = "aws")]
