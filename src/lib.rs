@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod credfile;
 pub mod error;
 pub mod extract;
 pub mod hygiene;

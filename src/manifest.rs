@@ -41,6 +41,7 @@ pub struct Settings {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendEntry {
     Aws(AwsEntry),
+    Vault(VaultEntry),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +54,67 @@ pub struct AwsEntry {
     pub use_fips: Option<bool>,
     pub timeout_seconds: Option<u64>,
     pub allow_http: Option<bool>,
+}
+
+/// `type = "vault"`: HashiCorp Vault or OpenBao.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultEntry {
+    pub address: Option<String>,
+    pub namespace: Option<String>,
+    pub ca_file: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub timeout_seconds: Option<u64>,
+    pub allow_http: Option<bool>,
+    pub revoke_token: Option<bool>,
+    pub auth: VaultAuthEntry,
+}
+
+/// `[backend.NAME.auth]`, selected by its `method` key.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "method", rename_all = "lowercase")]
+pub enum VaultAuthEntry {
+    Token(VaultTokenAuth),
+    Approle(VaultAppRoleAuth),
+    Jwt(VaultJwtAuth),
+    Kubernetes(VaultJwtAuth),
+    Aws(VaultAwsAuth),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultTokenAuth {
+    pub token_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAppRoleAuth {
+    pub mount: Option<String>,
+    pub role_id: Option<String>,
+    pub role_id_file: Option<String>,
+    pub secret_id_file: Option<String>,
+    pub secret_id_wrapped: Option<bool>,
+}
+
+/// `method = "jwt"` and `method = "kubernetes"`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultJwtAuth {
+    pub mount: Option<String>,
+    pub role: Option<String>,
+    pub jwt_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAwsAuth {
+    pub mount: Option<String>,
+    pub role: Option<String>,
+    pub server_id: Option<String>,
+    pub sts_endpoint: Option<String>,
+    pub sts_region: Option<String>,
+    pub imds_endpoint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +135,16 @@ pub struct SecretEntry {
     pub mode: Option<String>,
     pub owner: Option<String>,
     pub group: Option<String>,
+}
+
+impl BackendEntry {
+    /// The `type` value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendEntry::Aws(_) => "aws",
+            BackendEntry::Vault(_) => "vault",
+        }
+    }
 }
 
 /// Parses manifest text. Errors carry TOML's line and column and name the offending key.

@@ -70,55 +70,16 @@ async fn fetch_one(
     })
 }
 
-pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
-    let start = Instant::now();
-    let deadline = Deadline::after(plan.deadline);
-    for w in &plan.warnings {
-        log::warn!("{w}");
-    }
-
-    // The root first: an unusable root fails the run before any secret is fetched.
-    let root = OutputRoot::open(&RootSpec {
-        path: plan.output_root.clone(),
-        uid: plan.root_owner.id,
-        gid: plan.root_group.id,
-        mode: plan.root_mode,
-        allow_non_tmpfs: opts.allow_non_tmpfs,
-    })
-    .map_err(RunError::Failed)?;
-
-    // Identity: every backend in use, concurrently; the first failure ends the run.
-    let connected = futures_util::future::try_join_all(plan.used_backends().map(|(name, cfg)| {
-        let deadline = &deadline;
-        async move {
-            match Backend::connect(name, cfg, deadline).await {
-                Ok(b) => {
-                    log::debug!("backend `{name}` ({}): identity established", cfg.kind());
-                    Ok((name.as_str(), b))
-                }
-                Err(e) => {
-                    let users: Vec<String> = plan
-                        .secrets
-                        .iter()
-                        .filter(|s| &s.backend == name)
-                        .map(|s| format!("`{}`", s.path))
-                        .collect();
-                    let label = format!(
-                        "backend `{name}` ({}), needed by secret(s) {}",
-                        cfg.kind(),
-                        users.join(", ")
-                    );
-                    Err(retry_failure(label, e))
-                }
-            }
-        }
-    }))
-    .await?;
-    let backends: BTreeMap<&str, Backend> = connected.into_iter().collect();
-
-    // Fetch, bounded; the first failure ends the run and cancels the fetches still in flight.
+/// Fetches every secret (bounded concurrency; the first failure cancels the rest), then publishes
+/// them all at once.
+async fn fetch_and_publish(
+    plan: &Plan,
+    backends: &BTreeMap<&str, Backend>,
+    deadline: &Deadline,
+    root: &OutputRoot,
+) -> Result<Vec<Done>, RunError> {
     let mut done: Vec<Done> = stream::iter(plan.secrets.iter().enumerate())
-        .map(|(i, s)| fetch_one(i, s, &backends[s.backend.as_str()], &deadline))
+        .map(|(i, s)| fetch_one(i, s, &backends[s.backend.as_str()], deadline))
         .buffer_unordered(plan.concurrency)
         .try_collect()
         .await?;
@@ -144,6 +105,72 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             root.path().display()
         )))
     })?;
+    Ok(done)
+}
+
+pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
+    let start = Instant::now();
+    let deadline = Deadline::after(plan.deadline);
+    for w in &plan.warnings {
+        log::warn!("{w}");
+    }
+
+    // The root first: an unusable root fails the run before any secret is fetched.
+    let root = OutputRoot::open(&RootSpec {
+        path: plan.output_root.clone(),
+        uid: plan.root_owner.id,
+        gid: plan.root_group.id,
+        mode: plan.root_mode,
+        allow_non_tmpfs: opts.allow_non_tmpfs,
+    })
+    .map_err(RunError::Failed)?;
+
+    // Identity: every backend in use, concurrently. All are awaited even when one fails, so that
+    // every backend that did log in is finished (its token revoked) before the run ends.
+    let attempts = futures_util::future::join_all(plan.used_backends().map(|(name, cfg)| {
+        let deadline = &deadline;
+        async move {
+            match Backend::connect(name, cfg, deadline).await {
+                Ok(b) => {
+                    log::debug!("backend `{name}` ({}): identity established", cfg.kind());
+                    Ok((name.as_str(), b))
+                }
+                Err(e) => {
+                    let users: Vec<String> = plan
+                        .secrets
+                        .iter()
+                        .filter(|s| &s.backend == name)
+                        .map(|s| format!("`{}`", s.path))
+                        .collect();
+                    let label = format!(
+                        "backend `{name}` ({}), needed by secret(s) {}",
+                        cfg.kind(),
+                        users.join(", ")
+                    );
+                    Err(retry_failure(label, e))
+                }
+            }
+        }
+    }))
+    .await;
+    let mut backends: BTreeMap<&str, Backend> = BTreeMap::new();
+    let mut failure = None;
+    for a in attempts {
+        match a {
+            Ok((name, b)) => {
+                backends.insert(name, b);
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let result = match failure {
+        Some(e) => Err(e),
+        None => fetch_and_publish(plan, &backends, &deadline, &root).await,
+    };
+    futures_util::future::join_all(backends.values().map(Backend::finish)).await;
+    let done = result?;
 
     let mut bytes = 0;
     for d in &done {

@@ -65,6 +65,14 @@ fn every_manifest_key_is_documented_in_its_section() {
             format!("[backend.x]\ntype = \"{kind}\"\n__probe__ = 1\n"),
         ));
     }
+    // Every Vault login method's keys, under its `#### method = "KIND"` heading.
+    let auth = "[backend.x]\ntype = \"vault\"\n[backend.x.auth]\nmethod";
+    for kind in expected_names(&format!("{auth} = \"__probe__\"\n")) {
+        probes.push((
+            format!("#### `method = \"{kind}\"`"),
+            format!("{auth} = \"{kind}\"\n__probe__ = 1\n"),
+        ));
+    }
     let mut missing = Vec::new();
     for (heading, probe) in &probes {
         let part = section(&doc, heading);

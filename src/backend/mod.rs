@@ -7,6 +7,8 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 use crate::error::FetchError;
 use crate::manifest::{BackendEntry, SecretEntry};
@@ -19,6 +21,8 @@ use crate::secret::Secret;
 pub enum BackendConfig {
     #[cfg(feature = "aws")]
     Aws(aws::AwsConfig),
+    #[cfg(feature = "vault")]
+    Vault(vault::VaultConfig),
 }
 
 /// One secret's reference in its backend's terms.
@@ -26,12 +30,16 @@ pub enum BackendConfig {
 pub enum SecretRef {
     #[cfg(feature = "aws")]
     Aws(aws::AwsSecretRef),
+    #[cfg(feature = "vault")]
+    Vault(vault::VaultSecretRef),
 }
 
 /// A connected backend, ready to fetch.
 pub enum Backend {
     #[cfg(feature = "aws")]
     Aws(aws::AwsBackend),
+    #[cfg(feature = "vault")]
+    Vault(Box<vault::VaultBackend>),
 }
 
 /// A fetched value and the version the backend served, if it says.
@@ -66,6 +74,14 @@ pub fn plan_backend(e: &BackendEntry, env: EnvLookup<'_>) -> Result<BackendConfi
     match e {
         #[cfg(feature = "aws")]
         BackendEntry::Aws(a) => aws::plan(a, env).map(BackendConfig::Aws),
+        #[cfg(feature = "vault")]
+        BackendEntry::Vault(v) => vault::plan(v, env).map(BackendConfig::Vault),
+        #[allow(unreachable_patterns)]
+        other => Err(vec![format!(
+            "backend type \"{}\" is not built into this binary (cargo feature `{}`)",
+            other.kind(),
+            other.kind()
+        )]),
     }
 }
 
@@ -73,6 +89,8 @@ pub fn plan_secret(cfg: &BackendConfig, e: &SecretEntry) -> Result<SecretRef, Ve
     match cfg {
         #[cfg(feature = "aws")]
         BackendConfig::Aws(_) => aws::plan_secret(e).map(SecretRef::Aws),
+        #[cfg(feature = "vault")]
+        BackendConfig::Vault(_) => vault::plan_secret(e).map(SecretRef::Vault),
     }
 }
 
@@ -81,6 +99,8 @@ impl BackendConfig {
         match self {
             #[cfg(feature = "aws")]
             BackendConfig::Aws(_) => "aws",
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(_) => "vault",
         }
     }
 
@@ -88,6 +108,8 @@ impl BackendConfig {
         match self {
             #[cfg(feature = "aws")]
             BackendConfig::Aws(c) => c.describe(),
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(c) => c.describe(),
         }
     }
 }
@@ -97,6 +119,8 @@ impl SecretRef {
         match self {
             #[cfg(feature = "aws")]
             SecretRef::Aws(r) => r.describe(),
+            #[cfg(feature = "vault")]
+            SecretRef::Vault(r) => r.describe(),
         }
     }
 }
@@ -113,6 +137,10 @@ impl Backend {
             BackendConfig::Aws(c) => aws::AwsBackend::connect(name, c, deadline)
                 .await
                 .map(Backend::Aws),
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(c) => vault::VaultBackend::connect(name, c, deadline)
+                .await
+                .map(|b| Backend::Vault(Box::new(b))),
         }
     }
 
@@ -124,6 +152,26 @@ impl Backend {
                 .fetch(r)
                 .await
                 .map(|(value, version)| Fetched { value, version }),
+            #[cfg(feature = "vault")]
+            (Backend::Vault(b), SecretRef::Vault(r)) => b
+                .fetch(r)
+                .await
+                .map(|(value, version)| Fetched { value, version }),
+            #[allow(unreachable_patterns)]
+            _ => Err(FetchError::permanent(
+                "internal error: a secret was routed to a backend of another type",
+            )),
+        }
+    }
+
+    /// Ends the run's use of the backend (Vault: revokes the token it logged in with). Never
+    /// fails the run.
+    pub async fn finish(&self) {
+        match self {
+            #[cfg(feature = "aws")]
+            Backend::Aws(_) => {}
+            #[cfg(feature = "vault")]
+            Backend::Vault(b) => b.finish().await,
         }
     }
 }

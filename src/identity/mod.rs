@@ -4,5 +4,5 @@
 //! a backend can use. Backends own their identity: the AWS backend uses [`aws_imds`]. Every
 //! credential and token lives in a [`crate::secret::SecretString`] and is never logged.
 
-#[cfg(feature = "aws")]
+#[cfg(any(feature = "aws", feature = "vault"))]
 pub mod aws_imds;

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.imds import ImdsDouble  # noqa: E402
 from support.moto import Moto  # noqa: E402
+from support.openbao import OpenBao  # noqa: E402
 
 BIN = Path(os.environ.get("BOOTSECRETS_BIN", ROOT / "target" / "debug" / "bootsecrets"))
 
@@ -25,6 +26,41 @@ def moto(tmp_path_factory):
     m = Moto(log_path=tmp_path_factory.mktemp("moto") / "moto.log").start()
     yield m
     m.stop()
+
+
+@pytest.fixture(scope="session")
+def bao(tmp_path_factory):
+    """One real OpenBao dev server for the session; tests isolate themselves by mount names."""
+    b = OpenBao(log_path=tmp_path_factory.mktemp("bao") / "bao.log").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def bao_factory(tmp_path):
+    """Dedicated OpenBao servers for tests that seal them or need TLS."""
+    started = []
+
+    def make(**kw):
+        b = OpenBao(log_path=tmp_path / f"bao-{len(started)}.log", **kw).start()
+        started.append(b)
+        return b
+
+    yield make
+    for b in started:
+        b.stop()
+
+
+@pytest.fixture
+def credfile(tmp_path):
+    """Writes a credential file with a safe mode (0600) and returns its path."""
+    def write(name: str, content: str, mode: int = 0o600) -> Path:
+        p = tmp_path / name
+        p.write_text(content)
+        p.chmod(mode)
+        return p
+
+    return write
 
 
 @pytest.fixture
@@ -120,3 +156,22 @@ def toml_value(v):
     if isinstance(v, int):
         return str(v)
     return json.dumps(v)  # a JSON string is a valid TOML basic string
+
+
+def vault_manifest(outdir, address, auth: dict, secrets, *, settings="", backend_extra=""):
+    """A manifest with one vault backend; `auth` becomes its `[backend.vault.auth]` table."""
+    body = f"""
+[settings]
+output_root = "{outdir}"
+{settings}
+
+[backend.vault]
+type = "vault"
+address = "{address}"
+{backend_extra}
+
+[backend.vault.auth]
+""" + "".join(f"{k} = {toml_value(v)}\n" for k, v in auth.items())
+    for s in secrets:
+        body += "\n[[secret]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in s.items())
+    return body

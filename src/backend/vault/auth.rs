@@ -1,0 +1,662 @@
+//! Vault logins: one per backend instance, chosen by `[backend.NAME.auth] method`.
+//!
+//! Each login turns something the node already has (a file placed at provisioning, a service
+//! account JWT, the cloud instance identity) into a Vault token. Every credential read or made
+//! here is a [`SecretString`]; the token `vaultrs` returns is moved, not copied, into one.
+
+use super::http::{Api, classify_vaultrs};
+use crate::credfile;
+use crate::error::FetchError;
+use crate::identity::aws_imds::{self, ImdsSettings, InstanceIdentity};
+use crate::manifest::VaultAuthEntry;
+use crate::plan::EnvLookup;
+use crate::secret::SecretString;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+use vaultrs::client::VaultClient;
+use zeroize::Zeroizing;
+
+pub const KUBERNETES_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+pub const STS_ENDPOINT: &str = "https://sts.amazonaws.com";
+pub const STS_REGION: &str = "us-east-1";
+/// The STS call Vault's aws method replays.
+pub const GET_CALLER_IDENTITY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
+const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
+
+/// Where the AppRole role_id comes from.
+#[derive(Debug, Clone)]
+pub enum RoleId {
+    Inline(String),
+    File(String),
+}
+
+/// A validated login.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    Token {
+        token_file: String,
+    },
+    AppRole {
+        mount: String,
+        role_id: RoleId,
+        secret_id_file: Option<String>,
+        secret_id_wrapped: bool,
+    },
+    Jwt {
+        mount: String,
+        role: Option<String>,
+        jwt_file: String,
+    },
+    Kubernetes {
+        mount: String,
+        role: String,
+        jwt_file: String,
+    },
+    Aws {
+        mount: String,
+        role: Option<String>,
+        server_id: Option<String>,
+        sts_endpoint: String,
+        sts_region: String,
+        imds: ImdsSettings,
+    },
+}
+
+fn mount(m: &Option<String>, default: &str, errors: &mut Vec<String>) -> String {
+    let m = m
+        .as_deref()
+        .unwrap_or(default)
+        .trim_matches('/')
+        .to_string();
+    if !super::valid_path(&m) {
+        errors.push(format!("auth mount `{m}` is not a Vault path"));
+    }
+    m
+}
+
+fn role(r: &Option<String>, required: bool, errors: &mut Vec<String>) -> Option<String> {
+    match r.as_deref() {
+        None if required => {
+            errors.push("auth `role` is required for this method".to_string());
+            None
+        }
+        None => None,
+        Some(r) if r.is_empty() || !r.bytes().all(|b| b.is_ascii_graphic()) => {
+            errors.push(format!("auth role `{r}` is not a role name"));
+            None
+        }
+        Some(r) => Some(r.to_string()),
+    }
+}
+
+fn cred_file(key: &str, f: &str, errors: &mut Vec<String>) -> String {
+    if let Err(e) = credfile::check(&format!("auth {key}"), f, credfile::Kind::Credential) {
+        errors.push(e);
+    }
+    f.to_string()
+}
+
+fn url_ok(u: &str) -> bool {
+    reqwest::Url::parse(u)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+}
+
+pub fn plan(e: &VaultAuthEntry, _env: EnvLookup<'_>) -> Result<AuthConfig, Vec<String>> {
+    let mut errors = Vec::new();
+    let cfg = match e {
+        VaultAuthEntry::Token(t) => AuthConfig::Token {
+            token_file: cred_file("token_file", &t.token_file, &mut errors),
+        },
+        VaultAuthEntry::Approle(a) => {
+            let role_id = match (&a.role_id, &a.role_id_file) {
+                (Some(r), None) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_graphic()) => {
+                    RoleId::Inline(r.clone())
+                }
+                (Some(_), None) => {
+                    errors.push("auth role_id must be one printable word".to_string());
+                    RoleId::Inline(String::new())
+                }
+                (None, Some(f)) => RoleId::File(cred_file("role_id_file", f, &mut errors)),
+                (Some(_), Some(_)) => {
+                    errors.push("auth: set role_id or role_id_file, not both".to_string());
+                    RoleId::Inline(String::new())
+                }
+                (None, None) => {
+                    errors.push("auth: approle needs role_id or role_id_file".to_string());
+                    RoleId::Inline(String::new())
+                }
+            };
+            let secret_id_file = a
+                .secret_id_file
+                .as_deref()
+                .map(|f| cred_file("secret_id_file", f, &mut errors));
+            if a.secret_id_wrapped == Some(true) && secret_id_file.is_none() {
+                errors.push("auth: secret_id_wrapped needs secret_id_file".to_string());
+            }
+            AuthConfig::AppRole {
+                mount: mount(&a.mount, "approle", &mut errors),
+                role_id,
+                secret_id_file,
+                secret_id_wrapped: a.secret_id_wrapped.unwrap_or(false),
+            }
+        }
+        VaultAuthEntry::Jwt(j) => {
+            let jwt_file = match &j.jwt_file {
+                Some(f) => cred_file("jwt_file", f, &mut errors),
+                None => {
+                    errors.push("auth: jwt needs jwt_file".to_string());
+                    String::new()
+                }
+            };
+            AuthConfig::Jwt {
+                mount: mount(&j.mount, "jwt", &mut errors),
+                role: role(&j.role, false, &mut errors),
+                jwt_file,
+            }
+        }
+        VaultAuthEntry::Kubernetes(k) => AuthConfig::Kubernetes {
+            mount: mount(&k.mount, "kubernetes", &mut errors),
+            role: role(&k.role, true, &mut errors).unwrap_or_default(),
+            jwt_file: cred_file(
+                "jwt_file",
+                k.jwt_file.as_deref().unwrap_or(KUBERNETES_JWT),
+                &mut errors,
+            ),
+        },
+        VaultAuthEntry::Aws(a) => {
+            let sts_endpoint = a
+                .sts_endpoint
+                .as_deref()
+                .unwrap_or(STS_ENDPOINT)
+                .trim_end_matches('/')
+                .to_string();
+            if !url_ok(&sts_endpoint) {
+                errors.push(format!(
+                    "auth sts_endpoint `{sts_endpoint}` is not an http:// or https:// URL"
+                ));
+            }
+            let sts_region = a.sts_region.clone().unwrap_or_else(|| STS_REGION.into());
+            if sts_region.is_empty()
+                || !sts_region
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                errors.push(format!(
+                    "auth sts_region `{sts_region}` is not a region name"
+                ));
+            }
+            let imds_endpoint = a
+                .imds_endpoint
+                .as_deref()
+                .unwrap_or(aws_imds::DEFAULT_ENDPOINT)
+                .trim_end_matches('/')
+                .to_string();
+            if !url_ok(&imds_endpoint) {
+                errors.push(format!(
+                    "auth imds_endpoint `{imds_endpoint}` is not an http:// URL"
+                ));
+            }
+            if let Some(s) = &a.server_id
+                && (s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()))
+            {
+                errors.push(format!("auth server_id `{s}` must be one printable word"));
+            }
+            AuthConfig::Aws {
+                mount: mount(&a.mount, "aws", &mut errors),
+                role: role(&a.role, false, &mut errors),
+                server_id: a.server_id.clone(),
+                sts_endpoint,
+                sts_region,
+                imds: ImdsSettings {
+                    endpoint: imds_endpoint,
+                    timeout: Duration::from_secs(5),
+                },
+            }
+        }
+    };
+    if errors.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(errors)
+    }
+}
+
+impl AuthConfig {
+    pub fn method(&self) -> &'static str {
+        match self {
+            AuthConfig::Token { .. } => "token",
+            AuthConfig::AppRole { .. } => "approle",
+            AuthConfig::Jwt { .. } => "jwt",
+            AuthConfig::Kubernetes { .. } => "kubernetes",
+            AuthConfig::Aws { .. } => "aws",
+        }
+    }
+
+    /// A token placed by other means is not ours to revoke unless the manifest says so: revoking
+    /// it would break the next boot. Tokens this run minted by logging in are revoked.
+    pub fn revoke_by_default(&self) -> bool {
+        !matches!(self, AuthConfig::Token { .. })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            AuthConfig::Token { token_file } => format!("token from {token_file}"),
+            AuthConfig::AppRole {
+                mount,
+                role_id,
+                secret_id_file,
+                secret_id_wrapped,
+            } => format!(
+                "approle at auth/{mount}, role_id {}, {}",
+                match role_id {
+                    RoleId::Inline(_) => "inline".to_string(),
+                    RoleId::File(f) => format!("from {f}"),
+                },
+                match secret_id_file {
+                    Some(f) if *secret_id_wrapped => format!("wrapped secret_id from {f}"),
+                    Some(f) => format!("secret_id from {f}"),
+                    None => "no secret_id".to_string(),
+                }
+            ),
+            AuthConfig::Jwt {
+                mount,
+                role,
+                jwt_file,
+            } => format!(
+                "jwt at auth/{mount}, role {}, JWT from {jwt_file}",
+                role.as_deref().unwrap_or("(the mount's default)")
+            ),
+            AuthConfig::Kubernetes {
+                mount,
+                role,
+                jwt_file,
+            } => format!("kubernetes at auth/{mount}, role {role}, JWT from {jwt_file}"),
+            AuthConfig::Aws {
+                mount,
+                role,
+                server_id,
+                sts_endpoint,
+                imds,
+                ..
+            } => format!(
+                "aws (IAM) at auth/{mount}, role {}, GetCallerIdentity for {sts_endpoint}{}, credentials from IMDSv2 at {}",
+                role.as_deref().unwrap_or("(named after the IAM principal)"),
+                server_id
+                    .as_deref()
+                    .map(|s| format!(" with server ID {s}"))
+                    .unwrap_or_default(),
+                imds.endpoint
+            ),
+        }
+    }
+}
+
+/// State kept across login attempts: an unwrapped AppRole secret_id must not be unwrapped twice
+/// (a wrapping token works once).
+#[derive(Default)]
+pub struct LoginState {
+    secret_id: Mutex<Option<std::sync::Arc<SecretString>>>,
+}
+
+/// Moves the token out of a `vaultrs` answer into a [`SecretString`], refusing one that cannot be
+/// sent back as a header.
+fn take_token(mut info: vaultrs::api::AuthInfo, what: &str) -> Result<SecretString, FetchError> {
+    let token = SecretString::new(std::mem::take(&mut info.client_token));
+    if token.expose().is_empty() || !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FetchError::permanent(format!(
+            "{what}: Vault returned no usable token"
+        )));
+    }
+    Ok(token)
+}
+
+/// One login attempt; the caller retries transient errors.
+pub async fn login(
+    cfg: &AuthConfig,
+    state: &LoginState,
+    client: &VaultClient,
+    api: &Api,
+) -> Result<SecretString, FetchError> {
+    match cfg {
+        AuthConfig::Token { token_file } => credfile::read_credential("token_file", token_file),
+        AuthConfig::AppRole {
+            mount,
+            role_id,
+            secret_id_file,
+            secret_id_wrapped,
+        } => {
+            let what = format!("login with approle at auth/{mount}");
+            let role_id = match role_id {
+                RoleId::Inline(r) => SecretString::new(r.clone()),
+                RoleId::File(f) => credfile::read_credential("role_id_file", f)?,
+            };
+            let secret_id = match secret_id_file {
+                None => None,
+                Some(f) if !*secret_id_wrapped => Some(std::sync::Arc::new(
+                    credfile::read_credential("secret_id_file", f)?,
+                )),
+                Some(f) => {
+                    let cached = state.secret_id.lock().unwrap().clone();
+                    match cached {
+                        Some(s) => Some(s),
+                        None => {
+                            let s = std::sync::Arc::new(unwrap_secret_id(f, api).await?);
+                            *state.secret_id.lock().unwrap() = Some(s.clone());
+                            Some(s)
+                        }
+                    }
+                }
+            };
+            let info = vaultrs::auth::approle::login(
+                client,
+                mount,
+                role_id.expose(),
+                secret_id.as_ref().map(|s| s.expose()).unwrap_or(""),
+            )
+            .await
+            .map_err(|e| classify_vaultrs(&e, &what))?;
+            take_token(info, &what)
+        }
+        AuthConfig::Jwt {
+            mount,
+            role,
+            jwt_file,
+        } => {
+            let what = format!("login with jwt at auth/{mount}");
+            let jwt = credfile::read_credential("jwt_file", jwt_file)?;
+            let info = vaultrs::auth::oidc::login(client, mount, jwt.expose(), role.clone())
+                .await
+                .map_err(|e| classify_vaultrs(&e, &what))?;
+            take_token(info, &what)
+        }
+        AuthConfig::Kubernetes {
+            mount,
+            role,
+            jwt_file,
+        } => {
+            let what = format!("login with kubernetes at auth/{mount}");
+            let jwt = credfile::read_credential("jwt_file", jwt_file)?;
+            let info = vaultrs::auth::kubernetes::login(client, mount, role, jwt.expose())
+                .await
+                .map_err(|e| classify_vaultrs(&e, &what))?;
+            take_token(info, &what)
+        }
+        AuthConfig::Aws {
+            mount,
+            role,
+            server_id,
+            sts_endpoint,
+            sts_region,
+            imds,
+        } => {
+            let what = format!("login with aws (IAM) at auth/{mount}");
+            let creds = InstanceIdentity::new(imds)?.credentials().await?;
+            let req = aws_login_request(
+                mount,
+                role.as_deref(),
+                server_id.as_deref(),
+                sts_endpoint,
+                sts_region,
+                &creds,
+                SystemTime::now(),
+            )?;
+            let info = vaultrs::api::auth(client, req)
+                .await
+                .map_err(|e| classify_vaultrs(&e, &what))?;
+            take_token(info, &what)
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct UnwrappedSecretId {
+    secret_id: SecretString,
+}
+
+/// Unwraps a response-wrapped AppRole secret_id: `sys/wrapping/unwrap` with the wrapping token as
+/// the request's token.
+async fn unwrap_secret_id(file: &str, api: &Api) -> Result<SecretString, FetchError> {
+    let what = "unwrapping the AppRole secret_id";
+    let wrapping = credfile::read_credential("secret_id_file", file)?;
+    let resp = api
+        .post_as(&wrapping, "sys/wrapping/unwrap", Vec::from(*b"{}"), what)
+        .await?;
+    if resp.code != 200 {
+        let mut e = resp.error(what);
+        if resp.code == 400 {
+            e = FetchError::permanent(format!(
+                "{what}: the wrapping token is invalid, expired or already used (400); a wrapped \
+                 secret_id works for one login only"
+            ));
+        }
+        return Err(e);
+    }
+    #[derive(serde::Deserialize)]
+    struct Wrapped {
+        data: UnwrappedSecretId,
+    }
+    serde_json::from_slice::<Wrapped>(resp.body.expose())
+        .map(|w| w.data.secret_id)
+        .map_err(|_| {
+            FetchError::permanent(format!("{what}: the wrapped response holds no secret_id"))
+        })
+}
+
+/// Builds Vault's aws (IAM) login: an `sts:GetCallerIdentity` request signed with SigV4 using the
+/// instance role's credentials, handed to Vault to replay. With `server_id`, the
+/// `X-Vault-AWS-IAM-Server-ID` header is part of the signed headers, so the signature cannot be
+/// replayed against another Vault.
+pub fn aws_login_request(
+    mount: &str,
+    role: Option<&str>,
+    server_id: Option<&str>,
+    sts_endpoint: &str,
+    sts_region: &str,
+    creds: &aws_imds::AwsCredentials,
+    now: SystemTime,
+) -> Result<vaultrs::api::auth::aws::requests::IamLoginRequest, FetchError> {
+    use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
+    use aws_sigv4::sign::v4;
+    let fail = |m: &str| FetchError::permanent(format!("signing the aws login request: {m}"));
+
+    let url = format!("{sts_endpoint}/");
+    let host = reqwest::Url::parse(&url)
+        .ok()
+        .and_then(|u| {
+            u.host_str().map(|h| match u.port() {
+                Some(p) => format!("{h}:{p}"),
+                None => h.to_string(),
+            })
+        })
+        .ok_or_else(|| fail("the STS endpoint has no host"))?;
+    let mut headers: Vec<(&str, String)> = vec![("host", host), ("content-type", FORM.into())];
+    if let Some(id) = server_id {
+        headers.push(("x-vault-aws-iam-server-id", id.to_string()));
+    }
+    let identity = aws_credential_types::Credentials::new(
+        creds.access_key_id.clone(),
+        creds.secret_access_key.expose(),
+        Some(creds.session_token.expose().to_string()),
+        creds.expiration,
+        "imds",
+    )
+    .into();
+    let params = v4::SigningParams::builder()
+        .identity(&identity)
+        .region(sts_region)
+        .name("sts")
+        .time(now)
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|_| fail("incomplete signing parameters"))?
+        .into();
+    let signable = SignableRequest::new(
+        "POST",
+        url.as_str(),
+        headers.iter().map(|(k, v)| (*k, v.as_str())),
+        SignableBody::Bytes(GET_CALLER_IDENTITY.as_bytes()),
+    )
+    .map_err(|_| fail("the request cannot be signed"))?;
+    let (instructions, _) = sign(signable, &params)
+        .map_err(|_| fail("SigV4 signing failed"))?
+        .into_parts();
+
+    // Vault wants the headers as a JSON object of name -> list of values, base64-encoded.
+    let mut all: std::collections::BTreeMap<String, Vec<String>> = headers
+        .iter()
+        .map(|(k, v)| (canonical_header(k), vec![v.clone()]))
+        .collect();
+    for (k, v) in instructions.headers() {
+        all.insert(canonical_header(k), vec![v.to_string()]);
+    }
+    let json = Zeroizing::new(serde_json::to_vec(&all).map_err(|_| fail("encoding headers"))?);
+    let mut b = vaultrs::api::auth::aws::requests::IamLoginRequest::builder();
+    b.mount(mount)
+        .iam_http_request_method("POST")
+        .iam_request_url(B64.encode(url.as_bytes()))
+        .iam_request_body(B64.encode(GET_CALLER_IDENTITY.as_bytes()))
+        .iam_request_headers(B64.encode(&*json));
+    if let Some(r) = role {
+        b.role(r);
+    }
+    b.build().map_err(|_| fail("incomplete login request"))
+}
+
+/// `x-amz-date` -> `X-Amz-Date`, as Go's net/http (and so Vault) writes header names.
+fn canonical_header(name: &str) -> String {
+    name.split('-')
+        .map(|w| {
+            let mut c = w.chars();
+            match c.next() {
+                Some(f) => f.to_ascii_uppercase().to_string() + &c.as_str().to_ascii_lowercase(),
+                None => String::new(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustify::endpoint::Endpoint;
+
+    fn creds() -> aws_imds::AwsCredentials {
+        aws_imds::AwsCredentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: SecretString::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
+            session_token: SecretString::new("session-token-canary".into()),
+            expiration: None,
+        }
+    }
+
+    /// The login body, decoded field by field, has exactly the shape Vault's aws method documents:
+    /// role, iam_http_request_method, and base64 iam_request_url, iam_request_body and
+    /// iam_request_headers (a JSON object of header name to list of values).
+    #[test]
+    fn aws_login_body_has_the_documented_shape() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let req = aws_login_request(
+            "aws",
+            Some("node"),
+            Some("vault.example.com"),
+            STS_ENDPOINT,
+            STS_REGION,
+            &creds(),
+            now,
+        )
+        .unwrap();
+        // vaultrs adds the /v1 prefix in its middleware.
+        let http = req.request("https://vault.example.com:8200").unwrap();
+        assert_eq!(http.method(), "POST");
+        assert_eq!(
+            http.uri().to_string(),
+            "https://vault.example.com:8200/auth/aws/login"
+        );
+        let body: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(http.body()).unwrap();
+        let keys: Vec<&str> = body.keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "iam_http_request_method",
+                "iam_request_body",
+                "iam_request_headers",
+                "iam_request_url",
+                "role"
+            ]
+        );
+        let s = |k: &str| body[k].as_str().unwrap().to_string();
+        let d = |k: &str| String::from_utf8(B64.decode(s(k)).unwrap()).unwrap();
+        assert_eq!(s("role"), "node");
+        assert_eq!(s("iam_http_request_method"), "POST");
+        assert_eq!(d("iam_request_url"), "https://sts.amazonaws.com/");
+        assert_eq!(d("iam_request_body"), GET_CALLER_IDENTITY);
+        let headers: std::collections::BTreeMap<String, Vec<String>> =
+            serde_json::from_str(&d("iam_request_headers")).unwrap();
+        assert_eq!(headers["Host"], ["sts.amazonaws.com"]);
+        assert_eq!(headers["Content-Type"], [FORM]);
+        assert_eq!(headers["X-Vault-Aws-Iam-Server-Id"], ["vault.example.com"]);
+        assert_eq!(headers["X-Amz-Date"], ["20231114T221320Z"]);
+        assert_eq!(headers["X-Amz-Security-Token"], ["session-token-canary"]);
+        let auth = &headers["Authorization"][0];
+        assert!(
+            auth.starts_with(
+                "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20231114/us-east-1/sts/aws4_request, "
+            ),
+            "{auth}"
+        );
+        // The server ID header is signed, so the request cannot be replayed to another Vault.
+        assert!(
+            auth.contains(
+                "SignedHeaders=content-type;host;x-amz-date;x-amz-security-token;x-vault-aws-iam-server-id,"
+            ),
+            "{auth}"
+        );
+        assert!(
+            !auth.contains("wJalrXUtnFEMI"),
+            "the secret key is never sent"
+        );
+    }
+
+    #[test]
+    fn aws_login_without_role_or_server_id() {
+        let req = aws_login_request(
+            "aws-east",
+            None,
+            None,
+            "https://sts.eu-west-1.amazonaws.com",
+            "eu-west-1",
+            &creds(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let http = req.request("http://127.0.0.1:8200").unwrap();
+        assert!(http.uri().path().ends_with("/auth/aws-east/login"));
+        let body: serde_json::Value = serde_json::from_slice(http.body()).unwrap();
+        let headers: serde_json::Value = serde_json::from_slice(
+            &B64.decode(body["iam_request_headers"].as_str().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(headers["Host"][0], "sts.eu-west-1.amazonaws.com");
+        assert!(headers.get("X-Vault-Aws-Iam-Server-Id").is_none());
+        assert!(
+            headers["Authorization"][0]
+                .as_str()
+                .unwrap()
+                .contains("/eu-west-1/sts/aws4_request")
+        );
+    }
+
+    #[test]
+    fn header_names_are_canonical() {
+        assert_eq!(
+            canonical_header("x-amz-security-token"),
+            "X-Amz-Security-Token"
+        );
+        assert_eq!(canonical_header("host"), "Host");
+    }
+}

@@ -1,0 +1,331 @@
+//! The HTTP side of the Vault backend: one `reqwest` client, requests written directly where
+//! `vaultrs` does not fit, and the classification of every failure as transient or permanent.
+//!
+//! Error messages are built from status codes and bootsecrets' own words. Vault's `errors` strings
+//! are only matched against known phrases to pick a message; they are never echoed.
+
+use super::VaultConfig;
+use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
+use crate::secret::{Secret, SecretString};
+use reqwest::Url;
+use reqwest::header::{HeaderMap, HeaderValue};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Largest Vault answer read; anything longer is refused, not buffered.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+pub fn is_loopback(u: &Url) -> bool {
+    match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// The status classes the KV code branches on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    NotFound,
+    Other,
+}
+
+/// An answer with its body held as secret bytes (a KV body holds the values).
+pub struct Response {
+    pub status: Status,
+    pub code: u16,
+    pub body: Secret,
+    retry_after: Option<Duration>,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<String>,
+}
+
+impl Response {
+    /// The failure this non-success answer stands for.
+    pub fn error(&self, what: &str) -> FetchError {
+        let errors = serde_json::from_slice::<ErrorBody>(self.body.expose())
+            .map(|b| b.errors)
+            .unwrap_or_default();
+        let mut e = classify_status(self.code, &errors, what);
+        e.retry_after = e.retry_after.or(self.retry_after);
+        e
+    }
+}
+
+fn mentions(errors: &[String], phrase: &str) -> bool {
+    errors
+        .iter()
+        .any(|e| e.to_ascii_lowercase().contains(phrase))
+}
+
+/// Transient or permanent, from a Vault status code and its `errors` list.
+pub fn classify_status(code: u16, errors: &[String], what: &str) -> FetchError {
+    let t = |m: String| FetchError::transient(format!("{what}: {m}"));
+    let p = |m: String| FetchError::permanent(format!("{what}: {m}"));
+    match code {
+        307 | 308 => t(format!(
+            "redirected ({code}): a standby node with no active leader to forward to"
+        )),
+        400 if mentions(errors, "invalid role or secret id") => {
+            p("login refused: invalid role_id or secret_id (400)".into())
+        }
+        400 if mentions(errors, "expired") => p("login refused: the JWT is expired (400)".into()),
+        400 if mentions(errors, "audience") => {
+            p("login refused: the JWT's audience does not match the role (400)".into())
+        }
+        400 if mentions(errors, "role") && mentions(errors, "not") => {
+            p("login refused: the role does not exist or does not match (400)".into())
+        }
+        400 => p("request refused as invalid (400)".into()),
+        401 => p("unauthenticated (401)".into()),
+        403 => p(
+            "permission denied (403): the token is invalid or its policies do not allow this"
+                .into(),
+        ),
+        404 if mentions(errors, "namespace not found") => p("namespace not found (404)".into()),
+        404 if mentions(errors, "unsupported path") || mentions(errors, "no handler") => {
+            p("no such endpoint (404): is the auth method or engine mounted there?".into())
+        }
+        404 => p("not found (404)".into()),
+        412 => t("precondition failed (412): the node has not caught up yet".into()),
+        429 => t("standby node or rate limit (429)".into()),
+        472 | 473 => t(format!("node is a DR or performance standby ({code})")),
+        503 if mentions(errors, "sealed") => t("Vault is sealed (503)".into()),
+        500..=599 => t(format!("server error ({code})")),
+        _ => p(format!("unexpected status {code}")),
+    }
+}
+
+/// Transient or permanent, for a transport failure.
+pub fn classify_transport(e: &reqwest::Error, what: &str) -> FetchError {
+    if is_tls_error(e) {
+        return FetchError::permanent(format!(
+            "{what}: TLS failed (certificate not trusted, or not valid for the host name: see \
+             ca_file and tls_server_name)"
+        ));
+    }
+    let cause = if e.is_timeout() {
+        "timed out"
+    } else if let Some(io) = find_io_error(e) {
+        describe_io(io)
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "connection broke while reading the answer"
+    } else {
+        "request failed"
+    };
+    FetchError::transient(format!("{what}: {cause}"))
+}
+
+/// Transient or permanent, for an error from `vaultrs`.
+pub fn classify_vaultrs(e: &vaultrs::error::ClientError, what: &str) -> FetchError {
+    use vaultrs::error::ClientError as V;
+    match e {
+        V::APIError { code, errors } => classify_status(*code, errors, what),
+        V::RestClientError { source } => {
+            if let rustify::errors::ClientError::ServerResponseError { code, .. } = source {
+                return classify_status(*code, &[], what);
+            }
+            let found: Option<&reqwest::Error> = {
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+                let mut hit = None;
+                while let Some(c) = cur {
+                    if let Some(r) = c.downcast_ref::<reqwest::Error>() {
+                        hit = Some(r);
+                        break;
+                    }
+                    cur = c.source();
+                }
+                hit
+            };
+            match found {
+                Some(r) => classify_transport(r, what),
+                None => FetchError::permanent(format!("{what}: unexpected answer from Vault")),
+            }
+        }
+        V::ResponseEmptyError | V::ResponseDataEmptyError => {
+            FetchError::permanent(format!("{what}: Vault's answer has no auth or data"))
+        }
+        V::WrapInvalidError => FetchError::permanent(format!(
+            "{what}: the wrapping token is invalid, expired or already used"
+        )),
+        _ => FetchError::permanent(format!("{what}: unexpected answer from Vault")),
+    }
+}
+
+/// The HTTP client and the request defaults shared by every call to one Vault.
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    namespace: Option<String>,
+    token: Option<SecretString>,
+}
+
+impl Api {
+    /// Builds the client. With `tls_server_name`, requests are addressed to that name (SNI,
+    /// certificate check and `Host`) while connecting to the addresses of `address`'s host,
+    /// resolved here: a resolver failure is transient.
+    pub async fn new(cfg: &VaultConfig) -> Result<Api, FetchError> {
+        let url = Url::parse(&cfg.address)
+            .map_err(|_| FetchError::permanent("the Vault address is not a valid URL"))?;
+        let mut b = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .tls_backend_rustls()
+            .user_agent(concat!("bootsecrets/", env!("CARGO_PKG_VERSION")));
+        if let Some(f) = &cfg.ca_file {
+            // The bundle replaces the system roots: only the CA the manifest names is trusted.
+            let pem = std::fs::read(f).map_err(|e| {
+                FetchError::permanent(format!("ca_file `{f}` cannot be read: {}", describe_io(&e)))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
+                FetchError::permanent(format!("ca_file `{f}` holds no valid PEM certificate"))
+            })?;
+            if certs.is_empty() {
+                return Err(FetchError::permanent(format!(
+                    "ca_file `{f}` holds no certificate"
+                )));
+            }
+            b = b.tls_certs_only(certs);
+        }
+        let mut base = url.clone();
+        if let Some(name) = &cfg.tls_server_name {
+            let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
+            let port = url.port_or_known_default().unwrap_or(443);
+            let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|_| {
+                    FetchError::transient(format!("resolving the Vault host `{host}` failed"))
+                })?
+                .collect();
+            if addrs.is_empty() {
+                return Err(FetchError::transient(format!(
+                    "the Vault host `{host}` has no address"
+                )));
+            }
+            b = b.resolve_to_addrs(name, &addrs);
+            base.set_host(Some(name))
+                .map_err(|_| FetchError::permanent("tls_server_name is not a host name"))?;
+        }
+        let http = b
+            .build()
+            .map_err(|_| FetchError::permanent("cannot build the HTTPS client for Vault"))?;
+        Ok(Api {
+            http,
+            base: base.as_str().trim_end_matches('/').to_string(),
+            namespace: cfg.namespace.clone(),
+            token: None,
+        })
+    }
+
+    pub fn with_token(mut self, token: SecretString) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    fn headers(&self, token: Option<&SecretString>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("X-Vault-Request", HeaderValue::from_static("true"));
+        if let Some(t) = token.or(self.token.as_ref())
+            && let Ok(mut v) = HeaderValue::from_str(t.expose())
+        {
+            v.set_sensitive(true);
+            h.insert("X-Vault-Token", v);
+        }
+        if let Some(n) = &self.namespace
+            && let Ok(v) = HeaderValue::from_str(n)
+        {
+            h.insert("X-Vault-Namespace", v);
+        }
+        h
+    }
+
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        token: Option<&SecretString>,
+        what: &str,
+    ) -> Result<Response, FetchError> {
+        let mut resp = req
+            .headers(self.headers(token))
+            .send()
+            .await
+            .map_err(|e| classify_transport(&e, what))?;
+        let code = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
+            return Err(FetchError::permanent(format!(
+                "{what}: the answer is larger than {MAX_BODY} bytes"
+            )));
+        }
+        let mut body = Zeroizing::new(Vec::new());
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| classify_transport(&e, what))?
+        {
+            if body.len() + chunk.len() > MAX_BODY {
+                return Err(FetchError::permanent(format!(
+                    "{what}: the answer is larger than {MAX_BODY} bytes"
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let status = match code {
+            200 => Status::Ok,
+            404 => Status::NotFound,
+            _ => Status::Other,
+        };
+        Ok(Response {
+            status,
+            code,
+            body: Secret::new(std::mem::take(&mut *body)),
+            retry_after,
+        })
+    }
+
+    pub async fn get(&self, path: &str, what: &str) -> Result<Response, FetchError> {
+        let url = format!("{}/v1/{path}", self.base);
+        self.send(self.http.get(url), None, what).await
+    }
+
+    /// POSTs a JSON body with `token` as the request's token. reqwest owns the body once sent and
+    /// frees it without zeroing (see docs/design.md).
+    pub async fn post_as(
+        &self,
+        token: &SecretString,
+        path: &str,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<Response, FetchError> {
+        let url = format!("{}/v1/{path}", self.base);
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(req, Some(token), what).await
+    }
+}

@@ -1,0 +1,544 @@
+//! HashiCorp Vault and OpenBao: KV v1 and v2 secrets, read with a token from one login per
+//! backend instance (see [`auth`]).
+//!
+//! Requests go through one `reqwest` client that bootsecrets builds itself (timeout, CA bundle,
+//! TLS server name, no redirects, no proxy) and hands to `vaultrs`, which performs the logins it
+//! knows, response unwrapping and token revocation. KV reads and mount detection are written
+//! directly: `vaultrs` drops the body of a 404, which is where Vault says whether a version was
+//! deleted or destroyed, and it has no call for `sys/internal/ui/mounts`. See docs/design.md.
+
+pub mod auth;
+mod http;
+
+use crate::credfile;
+use crate::error::FetchError;
+use crate::manifest::{SecretEntry, VaultEntry};
+use crate::plan::EnvLookup;
+use crate::retry::{Deadline, RetryError, retry};
+use crate::secret::{Secret, SecretString};
+use http::{Api, Status};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use zeroize::Zeroize;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Budget for revoking the token after the run, outside the run's deadline.
+pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Validated settings of one `type = "vault"` backend.
+#[derive(Debug, Clone)]
+pub struct VaultConfig {
+    /// Base URL without a trailing slash.
+    pub address: String,
+    pub address_source: &'static str,
+    pub namespace: Option<String>,
+    pub ca_file: Option<String>,
+    pub tls_server_name: Option<String>,
+    pub timeout: Duration,
+    pub revoke_token: bool,
+    pub auth: auth::AuthConfig,
+}
+
+/// What to read for one secret.
+#[derive(Debug, Clone)]
+pub struct VaultSecretRef {
+    /// The path: the whole path when `mount` is None (the mount is then detected), else the
+    /// path inside `mount`.
+    pub path: String,
+    pub mount: Option<String>,
+    pub kv_version: Option<u8>,
+    pub version: Option<u64>,
+    pub field: Option<String>,
+}
+
+/// A Vault path: non-empty segments of safe characters, no `.` or `..`.
+pub(crate) fn valid_path(p: &str) -> bool {
+    !p.is_empty()
+        && p.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.@+=:,~".contains(&b))
+        })
+}
+
+/// A DNS name or an IP address, as accepted for `tls_server_name`.
+fn valid_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':')
+}
+
+pub fn plan(e: &VaultEntry, env: EnvLookup<'_>) -> Result<VaultConfig, Vec<String>> {
+    let mut errors = Vec::new();
+    let (address, address_source) = match (&e.address, env("VAULT_ADDR")) {
+        (Some(a), _) => (a.trim_end_matches('/').to_string(), "address"),
+        (None, Some(a)) => (a.trim_end_matches('/').to_string(), "VAULT_ADDR"),
+        (None, None) => {
+            errors.push("`address` is required (or VAULT_ADDR in the environment)".to_string());
+            (String::new(), "address")
+        }
+    };
+    if !address.is_empty() {
+        match reqwest::Url::parse(&address) {
+            Ok(u) if u.scheme() != "https" && u.scheme() != "http" => errors.push(format!(
+                "{address_source} `{address}` is not an http:// or https:// URL"
+            )),
+            Ok(u) if u.host_str().is_none() || u.query().is_some() || u.path() != "/" => errors
+                .push(format!(
+                    "{address_source} `{address}` must be scheme://host[:port], without a path"
+                )),
+            Ok(u)
+                if u.scheme() == "http" && !http::is_loopback(&u) && e.allow_http != Some(true) =>
+            {
+                errors.push(format!(
+                    "{address_source} `{address}` is plain http: the Vault token and the secret \
+                     values would cross the network unencrypted; use https (plain http is accepted \
+                     for loopback addresses, or with allow_http = true)"
+                ))
+            }
+            Ok(_) => {}
+            Err(_) => errors.push(format!("{address_source} `{address}` is not a valid URL")),
+        }
+    }
+    let namespace = e
+        .namespace
+        .as_deref()
+        .map(|n| n.trim_matches('/').to_string());
+    if let Some(n) = &namespace
+        && !valid_path(n)
+    {
+        errors.push(format!(
+            "namespace `{n}` is not a namespace path (segments of letters, digits and -_.)"
+        ));
+    }
+    if let Some(f) = &e.ca_file
+        && let Err(err) = credfile::check("ca_file", f, credfile::Kind::Trusted)
+    {
+        errors.push(err);
+    }
+    if let Some(n) = &e.tls_server_name
+        && !valid_host(n)
+    {
+        errors.push(format!("tls_server_name `{n}` is not a host name"));
+    }
+    if e.tls_server_name.is_some() && address.starts_with("http://") {
+        errors.push("tls_server_name needs an https:// address".to_string());
+    }
+    let timeout = match e.timeout_seconds {
+        None => DEFAULT_TIMEOUT,
+        Some(t) if (1..=300).contains(&t) => Duration::from_secs(t),
+        Some(t) => {
+            errors.push(format!("timeout_seconds = {t}: must be between 1 and 300"));
+            DEFAULT_TIMEOUT
+        }
+    };
+    let auth = auth::plan(&e.auth, env)
+        .map_err(|errs| errors.extend(errs))
+        .ok();
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let auth = auth.expect("auth planned when there are no errors");
+    Ok(VaultConfig {
+        address,
+        address_source,
+        namespace,
+        ca_file: e.ca_file.clone(),
+        tls_server_name: e.tls_server_name.clone(),
+        timeout,
+        revoke_token: e.revoke_token.unwrap_or(auth.revoke_by_default()),
+        auth,
+    })
+}
+
+pub fn plan_secret(e: &SecretEntry) -> Result<VaultSecretRef, Vec<String>> {
+    let mut errors = super::foreign_keys(e, "vault", &["version", "field", "mount", "kv_version"]);
+    let path = e.reference.trim_matches('/').to_string();
+    if !valid_path(&path) {
+        errors.push(format!(
+            "`ref` `{}` is not a Vault path (segments of letters, digits and -_.@+=:,~; no . or ..)",
+            e.reference
+        ));
+    }
+    let mount = e.mount.as_deref().map(|m| m.trim_matches('/').to_string());
+    if let Some(m) = &mount
+        && !valid_path(m)
+    {
+        errors.push(format!("mount `{m}` is not a Vault path"));
+    }
+    match e.kv_version {
+        None | Some(1) | Some(2) => {}
+        Some(v) => errors.push(format!("kv_version = {v}: must be 1 or 2")),
+    }
+    if e.kv_version.is_some() && mount.is_none() {
+        errors.push("kv_version needs `mount` (the KV engine's mount path)".to_string());
+    }
+    let version = match e.version.as_deref() {
+        None => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if n >= 1 => Some(n),
+            _ => {
+                errors.push(format!(
+                    "version `{v}` is not a KV v2 version number (1 or more)"
+                ));
+                None
+            }
+        },
+    };
+    if version.is_some() && e.kv_version == Some(1) {
+        errors.push("version pinning needs KV v2 (kv_version = 1 has no versions)".to_string());
+    }
+    if e.field.as_deref() == Some("") {
+        errors.push("field must not be empty".to_string());
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(VaultSecretRef {
+        path,
+        mount,
+        kv_version: e.kv_version,
+        version,
+        field: e.field.clone(),
+    })
+}
+
+impl VaultConfig {
+    pub fn describe(&self) -> String {
+        let mut s = format!("vault at {} (from {})", self.address, self.address_source);
+        if let Some(n) = &self.namespace {
+            s += &format!(", namespace {n}");
+        }
+        if let Some(c) = &self.ca_file {
+            s += &format!(", CA bundle {c}");
+        }
+        if let Some(n) = &self.tls_server_name {
+            s += &format!(", TLS server name {n}");
+        }
+        s += &format!(
+            ", login {}, request timeout {} s, token {}",
+            self.auth.describe(),
+            self.timeout.as_secs(),
+            if self.revoke_token {
+                "revoked after the run"
+            } else {
+                "kept after the run"
+            }
+        );
+        s
+    }
+}
+
+impl VaultSecretRef {
+    pub fn describe(&self) -> String {
+        let mut s = match &self.mount {
+            Some(m) => format!("{m}/{} (mount {m}", self.path),
+            None => format!("{} (mount detected", self.path),
+        };
+        match self.kv_version {
+            Some(v) => s += &format!(", KV v{v})"),
+            None => s += ")",
+        }
+        if let Some(v) = self.version {
+            s += &format!(" [version {v}]");
+        }
+        match &self.field {
+            Some(f) => s += &format!(" [field {f}]"),
+            None => s += " [whole data object as JSON]",
+        }
+        s
+    }
+}
+
+/// A logged-in Vault client.
+pub struct VaultBackend {
+    name: String,
+    api: Api,
+    client: VaultClient,
+    revoke: bool,
+    /// Detected (mount, KV version) per secret path, so a retry does not ask again.
+    mounts: Mutex<HashMap<String, (String, u8)>>,
+}
+
+impl Drop for VaultBackend {
+    fn drop(&mut self) {
+        // vaultrs keeps the token as plain Strings; zero them before they are freed.
+        self.client.settings.token.zeroize();
+        self.client.middle.token.zeroize();
+    }
+}
+
+#[derive(Deserialize)]
+struct MountInfo {
+    data: MountData,
+}
+
+#[derive(Deserialize)]
+struct MountData {
+    path: String,
+    #[serde(rename = "type")]
+    kind: String,
+    options: Option<MountOptions>,
+}
+
+#[derive(Deserialize)]
+struct MountOptions {
+    version: Option<String>,
+}
+
+/// A KV read's body. Only raw slices of the data object are kept, copied into a [`Secret`].
+#[derive(Deserialize)]
+struct KvBody<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Kv2Data<'a> {
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    metadata: Option<Kv2Metadata>,
+}
+
+#[derive(Deserialize)]
+struct Kv2Metadata {
+    version: Option<u64>,
+    #[serde(default)]
+    deletion_time: String,
+    #[serde(default)]
+    destroyed: bool,
+}
+
+impl VaultBackend {
+    /// Logs in (retrying transient errors within `deadline`).
+    pub async fn connect(
+        name: &str,
+        cfg: &VaultConfig,
+        deadline: &Deadline,
+    ) -> Result<Self, RetryError> {
+        let api = retry(&format!("backend `{name}`: Vault client"), deadline, |_| {
+            Api::new(cfg)
+        })
+        .await?;
+        let mut client = vaultrs_client(cfg, &api).map_err(RetryError::Permanent)?;
+        let state = auth::LoginState::default();
+        let token: SecretString = retry(
+            &format!("backend `{name}`: Vault login ({})", cfg.auth.method()),
+            deadline,
+            |_| auth::login(&cfg.auth, &state, &client, &api),
+        )
+        .await?;
+        client.set_token(token.expose());
+        Ok(VaultBackend {
+            name: name.to_string(),
+            api: api.with_token(token),
+            client,
+            revoke: cfg.revoke_token,
+            mounts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Revokes the token (`auth/token/revoke-self`) unless the manifest keeps it. A failure is
+    /// reported, not fatal: the secrets are already written, and the token expires with its TTL.
+    pub async fn finish(&self) {
+        if !self.revoke {
+            return;
+        }
+        match tokio::time::timeout(REVOKE_TIMEOUT, vaultrs::token::revoke_self(&self.client)).await
+        {
+            Ok(Ok(())) => log::debug!("backend `{}`: Vault token revoked", self.name),
+            Ok(Err(e)) => log::warn!(
+                "backend `{}`: could not revoke the Vault token ({}); it stays valid until its TTL ends",
+                self.name,
+                http::classify_vaultrs(&e, "revoke-self").message
+            ),
+            Err(_) => log::warn!(
+                "backend `{}`: revoking the Vault token timed out after {} s; it stays valid until its TTL ends",
+                self.name,
+                REVOKE_TIMEOUT.as_secs()
+            ),
+        }
+    }
+
+    async fn mount_of(&self, r: &VaultSecretRef) -> Result<(String, String, u8), FetchError> {
+        if let (Some(m), Some(v)) = (&r.mount, r.kv_version) {
+            return Ok((m.clone(), r.path.clone(), v));
+        }
+        let full = match &r.mount {
+            Some(m) => format!("{m}/{}", r.path),
+            None => r.path.clone(),
+        };
+        let cached = self.mounts.lock().unwrap().get(&full).cloned();
+        let (mount, version) = match cached {
+            Some(c) => c,
+            None => {
+                let detected = self.detect_mount(&full).await?;
+                self.mounts
+                    .lock()
+                    .unwrap()
+                    .insert(full.clone(), detected.clone());
+                detected
+            }
+        };
+        if let Some(m) = &r.mount
+            && *m != mount
+        {
+            return Err(FetchError::permanent(format!(
+                "`{full}` belongs to mount `{mount}`, not to the configured mount `{m}`"
+            )));
+        }
+        let inner = full
+            .strip_prefix(&mount)
+            .map(|p| p.trim_start_matches('/').to_string())
+            .unwrap_or_default();
+        if inner.is_empty() {
+            return Err(FetchError::permanent(format!(
+                "`{full}` is the mount `{mount}` itself, not a secret in it"
+            )));
+        }
+        Ok((mount, inner, r.kv_version.unwrap_or(version)))
+    }
+
+    async fn detect_mount(&self, full: &str) -> Result<(String, u8), FetchError> {
+        let what = format!("detecting the KV mount of `{full}`");
+        let resp = self
+            .api
+            .get(&format!("sys/internal/ui/mounts/{full}"), &what)
+            .await?;
+        if resp.status != Status::Ok {
+            let mut e = resp.error(&what);
+            if e.class == crate::error::Class::Permanent {
+                e.message += "; set `mount` and `kv_version` on the secret to skip detection";
+            }
+            return Err(e);
+        }
+        let info: MountInfo = serde_json::from_slice(resp.body.expose()).map_err(|_| {
+            FetchError::permanent(format!("{what}: Vault's answer is not a mount description"))
+        })?;
+        let d = info.data;
+        let version = match (
+            d.kind.as_str(),
+            d.options.and_then(|o| o.version).as_deref(),
+        ) {
+            ("kv" | "generic", None | Some("1") | Some("")) => 1,
+            ("kv", Some("2")) => 2,
+            (kind, v) => {
+                return Err(FetchError::permanent(format!(
+                    "{what}: mount `{}` is a `{kind}` engine{}, not KV v1 or v2",
+                    d.path,
+                    v.map(|v| format!(" version {v}")).unwrap_or_default()
+                )));
+            }
+        };
+        Ok((d.path.trim_end_matches('/').to_string(), version))
+    }
+
+    /// One read attempt; the caller retries transient errors.
+    pub async fn fetch(&self, r: &VaultSecretRef) -> Result<(Secret, Option<String>), FetchError> {
+        let (mount, inner, kv) = self.mount_of(r).await?;
+        let (url_path, what) = match kv {
+            1 => (
+                format!("{mount}/{inner}"),
+                format!("reading KV v1 `{mount}/{inner}`"),
+            ),
+            _ => {
+                let mut p = format!("{mount}/data/{inner}");
+                if let Some(v) = r.version {
+                    p += &format!("?version={v}");
+                }
+                (p, format!("reading KV v2 `{mount}/{inner}`"))
+            }
+        };
+        let resp = self.api.get(&url_path, &what).await?;
+        let body = resp.body.expose();
+        let unreadable =
+            || FetchError::permanent(format!("{what}: Vault's answer is not a KV response"));
+        let (data, version) = match kv {
+            1 => {
+                if resp.status != Status::Ok {
+                    return Err(resp.error(&what));
+                }
+                let b: KvBody<'_> = serde_json::from_slice(body).map_err(|_| unreadable())?;
+                (b.data, None)
+            }
+            _ => {
+                let b: KvBody<'_> = serde_json::from_slice(body).unwrap_or(KvBody { data: None });
+                let inner: Option<Kv2Data<'_>> =
+                    b.data.and_then(|d| serde_json::from_str(d.get()).ok());
+                if resp.status != Status::Ok {
+                    // A 404 for a version that exists but was deleted or destroyed still carries
+                    // its metadata.
+                    if resp.status == Status::NotFound
+                        && let Some(m) = inner.as_ref().and_then(|i| i.metadata.as_ref())
+                    {
+                        let v = m
+                            .version
+                            .map(|v| format!("version {v}"))
+                            .unwrap_or_else(|| "the version".to_string());
+                        if m.destroyed {
+                            return Err(FetchError::permanent(format!("{what}: {v} is destroyed")));
+                        }
+                        if !m.deletion_time.is_empty() {
+                            return Err(FetchError::permanent(format!(
+                                "{what}: {v} is deleted (undelete it or pin another version)"
+                            )));
+                        }
+                    }
+                    return Err(resp.error(&what));
+                }
+                let inner = inner.ok_or_else(unreadable)?;
+                (
+                    inner.data,
+                    inner
+                        .metadata
+                        .and_then(|m| m.version)
+                        .map(|v| v.to_string()),
+                )
+            }
+        };
+        let data = data
+            .filter(|d| d.get() != "null")
+            .ok_or_else(|| FetchError::permanent(format!("{what}: the secret has no data")))?;
+        let whole = Secret::new(data.get().as_bytes().to_vec());
+        let value = match &r.field {
+            None => whole,
+            Some(f) => crate::extract::json_key(&whole, f).map_err(|e| {
+                FetchError::permanent(format!(
+                    "{what}: field `{f}`: {}",
+                    e.replace("the secret's JSON object", "the secret's data")
+                ))
+            })?,
+        };
+        Ok((value, version))
+    }
+}
+
+/// A `vaultrs` client that sends through our own `reqwest` client, with every setting explicit so
+/// that no `VAULT_*` environment variable (in particular `VAULT_SKIP_VERIFY`) can change it.
+fn vaultrs_client(cfg: &VaultConfig, api: &Api) -> Result<VaultClient, FetchError> {
+    let mut b = VaultClientSettingsBuilder::default();
+    b.address(api.base_url())
+        .token("")
+        .verify(true)
+        .ca_certs(Vec::new())
+        .identity(None)
+        .timeout(Some(cfg.timeout));
+    if let Some(n) = &cfg.namespace {
+        b.set_namespace(n.clone());
+    }
+    let settings = b
+        .build()
+        .map_err(|_| FetchError::permanent("invalid Vault client settings"))?;
+    let mut client = VaultClient::new(settings)
+        .map_err(|_| FetchError::permanent("cannot build the Vault client"))?;
+    client.http = rustify::clients::reqwest::Client::new(api.base_url(), api.http().clone());
+    Ok(client)
+}

@@ -1,0 +1,168 @@
+//! Files the manifest points to that hold credentials (a Vault token, an AppRole secret_id, a JWT)
+//! or decide whom to trust (a CA bundle).
+//!
+//! Like sshd's StrictModes: such a file must be a regular file owned by root or by the user
+//! running bootsecrets, writable by nobody else; a credential must also not be readable by other
+//! users. The checks run when the manifest is validated (`check`, and before every `run`) and
+//! again on the opened file descriptor when it is read, so a file swapped in between is caught.
+
+use crate::error::FetchError;
+use crate::secret::SecretString;
+use nix::sys::stat::{Mode, SFlag, fstat};
+use nix::unistd::{Uid, geteuid};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::path::Path;
+use zeroize::Zeroizing;
+
+/// What a file holds, which decides how strict its mode must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Secret material: not readable, nor writable, by other users.
+    Credential,
+    /// Public but trusted material (a CA bundle, an AppRole role_id): not writable by others.
+    Trusted,
+}
+
+/// Largest credential file read (a Kubernetes service-account JWT is a few KiB).
+pub const MAX_LEN: u64 = 64 * 1024;
+
+fn check_stat(st: &nix::sys::stat::FileStat, kind: Kind) -> Result<(), String> {
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err("is not a regular file".into());
+    }
+    let me = geteuid();
+    if st.st_uid != 0 && Uid::from_raw(st.st_uid) != me {
+        return Err(format!(
+            "is owned by uid {}, not by root or the user running bootsecrets (uid {me})",
+            st.st_uid
+        ));
+    }
+    let mode = Mode::from_bits_truncate(st.st_mode);
+    if mode.intersects(Mode::S_IWGRP | Mode::S_IWOTH) {
+        return Err(format!(
+            "is writable by group or others (mode {:04o}); chmod go-w it",
+            st.st_mode & 0o7777
+        ));
+    }
+    if kind == Kind::Credential && mode.intersects(Mode::S_IROTH) {
+        return Err(format!(
+            "holds a credential but is readable by others (mode {:04o}); chmod o-r it",
+            st.st_mode & 0o7777
+        ));
+    }
+    if st.st_size as u64 > MAX_LEN {
+        return Err(format!("is larger than {MAX_LEN} bytes"));
+    }
+    Ok(())
+}
+
+/// Offline check at validation time: the file exists, is absolute, and has safe ownership and
+/// mode. `what` names the manifest key in messages.
+pub fn check(what: &str, path: &str, kind: Kind) -> Result<(), String> {
+    if !Path::new(path).is_absolute() {
+        return Err(format!("{what} `{path}` must be an absolute path"));
+    }
+    let f = File::open(path).map_err(|e| {
+        format!(
+            "{what} `{path}` cannot be opened: {}",
+            crate::error::describe_io(&e)
+        )
+    })?;
+    let st = fstat(f.as_fd()).map_err(|e| format!("{what} `{path}` cannot be examined: {e}"))?;
+    check_stat(&st, kind).map_err(|e| format!("{what} `{path}` {e}"))
+}
+
+/// Reads a credential file, re-checking the opened descriptor. Surrounding whitespace (a trailing
+/// newline) is removed. The content must be non-empty printable ASCII: it becomes an HTTP header
+/// or a JSON string, and an invalid byte there must be an error, never a panic.
+pub fn read_credential(what: &str, path: &str) -> Result<SecretString, FetchError> {
+    let f = File::open(path).map_err(|e| {
+        FetchError::permanent(format!(
+            "{what} `{path}` cannot be opened: {}",
+            crate::error::describe_io(&e)
+        ))
+    })?;
+    let st = fstat(f.as_fd())
+        .map_err(|e| FetchError::permanent(format!("{what} `{path}` cannot be examined: {e}")))?;
+    check_stat(&st, Kind::Credential)
+        .map_err(|e| FetchError::permanent(format!("{what} `{path}` {e}")))?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(st.st_size.max(0) as usize + 1));
+    f.take(MAX_LEN + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| FetchError::permanent(format!("{what} `{path}` cannot be read: {e}")))?;
+    let text = buf.trim_ascii();
+    if text.is_empty() {
+        return Err(FetchError::permanent(format!("{what} `{path}` is empty")));
+    }
+    if !text.iter().all(|b| b.is_ascii_graphic()) {
+        return Err(FetchError::permanent(format!(
+            "{what} `{path}` holds characters other than printable ASCII (one value, no spaces)"
+        )));
+    }
+    let mut s = String::with_capacity(text.len());
+    s.extend(text.iter().map(|&b| b as char));
+    Ok(SecretString::new(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn file(dir: &Path, name: &str, content: &str, mode: u32) -> String {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.to_str().unwrap().to_string()
+    }
+
+    #[test]
+    fn modes_and_content() {
+        let dir = std::env::temp_dir().join(format!("bs-credfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = file(&dir, "ok", "s.abc123\n", 0o640);
+        assert!(check("token_file", &ok, Kind::Credential).is_ok());
+        assert_eq!(
+            read_credential("token_file", &ok).unwrap().expose(),
+            "s.abc123"
+        );
+
+        let world = file(&dir, "world", "x", 0o644);
+        assert!(check("t", &world, Kind::Trusted).is_ok());
+        let e = check("t", &world, Kind::Credential).unwrap_err();
+        assert!(e.contains("readable by others"), "{e}");
+        assert!(read_credential("t", &world).is_err());
+
+        let gw = file(&dir, "gw", "x", 0o620);
+        assert!(
+            check("t", &gw, Kind::Trusted)
+                .unwrap_err()
+                .contains("writable")
+        );
+
+        let spaced = file(&dir, "spaced", "two words", 0o600);
+        let e = read_credential("t", &spaced).unwrap_err().message;
+        assert!(!e.contains("words"), "{e}");
+        let empty = file(&dir, "empty", "\n", 0o600);
+        assert!(
+            read_credential("t", &empty)
+                .unwrap_err()
+                .message
+                .contains("empty")
+        );
+
+        assert!(
+            check("t", "relative/path", Kind::Trusted)
+                .unwrap_err()
+                .contains("absolute")
+        );
+        assert!(
+            check("t", dir.to_str().unwrap(), Kind::Trusted)
+                .unwrap_err()
+                .contains("regular")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
