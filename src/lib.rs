@@ -15,4 +15,5 @@ pub mod render;
 pub mod retry;
 pub mod runner;
 pub mod secret;
+pub mod status;
 pub mod writer;

@@ -61,6 +61,19 @@ impl RelPath {
                 _ if c.starts_with(TEMP_PREFIX) => {
                     return Err(format!("uses the reserved prefix `{TEMP_PREFIX}`"));
                 }
+                _ if c.starts_with("..") => {
+                    return Err(
+                        "has a component starting with `..` (reserved for `..data` and the \
+                         version directories)"
+                            .into(),
+                    );
+                }
+                crate::writer::STATUS_FILE if parts.is_empty() => {
+                    return Err(format!(
+                        "`{}` is reserved for the status file",
+                        crate::writer::STATUS_FILE
+                    ));
+                }
                 _ => parts.push(c.to_string()),
             }
         }

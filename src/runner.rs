@@ -6,11 +6,12 @@ use crate::extract;
 use crate::plan::{Plan, SecretPlan};
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::Secret;
-use crate::writer::{Output, OutputRoot, RootSpec};
+use crate::status;
+use crate::writer::{Output, OutputRoot, Publication, RootSpec};
 use anyhow::anyhow;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {
@@ -30,6 +31,7 @@ struct Done {
     index: usize,
     value: Secret,
     version: Option<String>,
+    fetched_at: SystemTime,
     took: Duration,
 }
 
@@ -66,6 +68,7 @@ async fn fetch_one(
         index,
         value,
         version,
+        fetched_at: SystemTime::now(),
         took: start.elapsed(),
     })
 }
@@ -77,7 +80,7 @@ async fn fetch_and_publish(
     backends: &BTreeMap<&str, Backend>,
     deadline: &Deadline,
     root: &OutputRoot,
-) -> Result<Vec<Done>, RunError> {
+) -> Result<(Vec<Done>, Publication), RunError> {
     let mut done: Vec<Done> = stream::iter(plan.secrets.iter().enumerate())
         .map(|(i, s)| fetch_one(i, s, &backends[s.backend.as_str()], deadline))
         .buffer_unordered(plan.concurrency)
@@ -99,16 +102,18 @@ async fn fetch_and_publish(
             }
         })
         .collect();
-    root.publish(&outputs).map_err(|e| {
+    let publication = root.publish(&outputs).map_err(|e| {
         RunError::Failed(e.context(format!(
             "cannot write the secrets to {}; nothing was published",
             root.path().display()
         )))
     })?;
-    Ok(done)
+    drop(outputs);
+    Ok((done, publication))
 }
 
 pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
+    let started = SystemTime::now();
     let start = Instant::now();
     let deadline = Deadline::after(plan.deadline);
     for w in &plan.warnings {
@@ -125,11 +130,77 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     })
     .map_err(RunError::Failed)?;
 
+    let result = connect_fetch_publish(plan, &deadline, &root).await;
+    let status = status_of(plan, &root, &result, started, start.elapsed());
+    match serde_json::to_vec_pretty(&status) {
+        Ok(json) => {
+            if let Err(e) = root.write_status(&json) {
+                log::warn!("cannot write the status file: {e:#}");
+            }
+        }
+        Err(e) => log::warn!("cannot encode the status file: {e}"),
+    }
+    let (done, publication) = result?;
+
+    let mut bytes = 0;
+    for (d, changed) in done.iter().zip(&publication.changed) {
+        let s = &plan.secrets[d.index];
+        bytes += d.value.len();
+        log::info!(
+            "{} {} ({:04o} {}:{}, {} bytes) from backend `{}` ({}){} in {} ms",
+            if *changed { "wrote" } else { "unchanged" },
+            s.path,
+            s.mode,
+            s.owner,
+            s.group,
+            d.value.len(),
+            s.backend,
+            plan.backends[&s.backend].kind(),
+            d.version
+                .as_deref()
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default(),
+            d.took.as_millis()
+        );
+    }
+    for r in &publication.removed {
+        log::info!("removed {r}: no longer in the manifest");
+    }
+    let summary = Summary {
+        secrets: done.len(),
+        bytes,
+        elapsed: start.elapsed(),
+    };
+    if publication.any_change() {
+        log::info!(
+            "done: {} secret(s), {} bytes published in {} in {} ms",
+            summary.secrets,
+            summary.bytes,
+            root.path().display(),
+            summary.elapsed.as_millis()
+        );
+    } else {
+        log::info!(
+            "done: the {} secret(s) in {} are unchanged ({} ms)",
+            summary.secrets,
+            root.path().display(),
+            summary.elapsed.as_millis()
+        );
+    }
+    Ok(summary)
+}
+
+/// Identity, fetch and publication. Backends that logged in are always finished (their tokens
+/// revoked) before this returns, whatever happened.
+async fn connect_fetch_publish(
+    plan: &Plan,
+    deadline: &Deadline,
+    root: &OutputRoot,
+) -> Result<(Vec<Done>, Publication), RunError> {
     // Identity: every backend in use, concurrently. All are awaited even when one fails, so that
-    // every backend that did log in is finished (its token revoked) before the run ends.
-    let attempts = futures_util::future::join_all(plan.used_backends().map(|(name, cfg)| {
-        let deadline = &deadline;
-        async move {
+    // every backend that did log in is finished before the run ends.
+    let attempts =
+        futures_util::future::join_all(plan.used_backends().map(|(name, cfg)| async move {
             match Backend::connect(name, cfg, deadline).await {
                 Ok(b) => {
                     log::debug!("backend `{name}` ({}): identity established", cfg.kind());
@@ -150,9 +221,8 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
                     Err(retry_failure(label, e))
                 }
             }
-        }
-    }))
-    .await;
+        }))
+        .await;
     let mut backends: BTreeMap<&str, Backend> = BTreeMap::new();
     let mut failure = None;
     for a in attempts {
@@ -167,42 +237,76 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     }
     let result = match failure {
         Some(e) => Err(e),
-        None => fetch_and_publish(plan, &backends, &deadline, &root).await,
+        None => fetch_and_publish(plan, &backends, deadline, root).await,
     };
     futures_util::future::join_all(backends.values().map(Backend::finish)).await;
-    let done = result?;
+    result
+}
 
-    let mut bytes = 0;
-    for d in &done {
-        let s = &plan.secrets[d.index];
-        bytes += d.value.len();
-        log::info!(
-            "wrote {} ({:04o} {}:{}, {} bytes) from backend `{}` ({}){} in {} ms",
-            s.path,
-            s.mode,
-            s.owner,
-            s.group,
-            d.value.len(),
-            s.backend,
-            plan.backends[&s.backend].kind(),
-            d.version
-                .as_deref()
-                .map(|v| format!(" version {v}"))
-                .unwrap_or_default(),
-            d.took.as_millis()
-        );
-    }
-    let summary = Summary {
-        secrets: done.len(),
-        bytes,
-        elapsed: start.elapsed(),
+/// The status file's content for this run's outcome.
+fn status_of(
+    plan: &Plan,
+    root: &OutputRoot,
+    result: &Result<(Vec<Done>, Publication), RunError>,
+    started: SystemTime,
+    took: Duration,
+) -> status::Status {
+    let finished = SystemTime::now();
+    let mut run = status::RunStatus {
+        started: status::rfc3339(started),
+        finished: status::rfc3339(finished),
+        duration_ms: took.as_millis(),
+        outcome: "published",
+        exit_code: 0,
+        error: None,
+        changed: Vec::new(),
+        removed: Vec::new(),
     };
-    log::info!(
-        "done: {} secret(s), {} bytes written to {} in {} ms",
-        summary.secrets,
-        summary.bytes,
-        root.path().display(),
-        summary.elapsed.as_millis()
-    );
-    Ok(summary)
+    let secrets = match result {
+        Ok((done, publication)) => {
+            if !publication.any_change() {
+                run.outcome = "unchanged";
+            }
+            run.removed = publication.removed.clone();
+            let list: Vec<status::SecretStatus> = done
+                .iter()
+                .zip(&publication.changed)
+                .map(|(d, changed)| {
+                    let s = &plan.secrets[d.index];
+                    if *changed {
+                        run.changed.push(s.path.to_string());
+                    }
+                    status::SecretStatus {
+                        path: s.path.to_string(),
+                        backend: s.backend.clone(),
+                        backend_type: plan.backends[&s.backend].kind(),
+                        reference: s.reference.describe(),
+                        version: d.version.clone(),
+                        sha256: status::sha256_hex(d.value.expose()),
+                        size: d.value.len(),
+                        mode: format!("{:04o}", s.mode),
+                        owner: s.owner.to_string(),
+                        group: s.group.to_string(),
+                        fetched_at: status::rfc3339(d.fetched_at),
+                        fetch_ms: d.took.as_millis(),
+                    }
+                })
+                .collect();
+            serde_json::to_value(list).unwrap_or_default()
+        }
+        Err(e) => {
+            run.outcome = match e {
+                RunError::DeadlineExceeded(_) => "deadline_exceeded",
+                _ => "failed",
+            };
+            run.exit_code = e.exit_code();
+            run.error = Some(format!("{:#}", e.inner()));
+            status::previous_secrets(root.read_status().as_deref())
+        }
+    };
+    status::Status {
+        format: status::FORMAT,
+        run,
+        secrets,
+    }
 }

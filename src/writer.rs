@@ -1,32 +1,44 @@
-//! The output writer: a tmpfs root, walked with `openat(O_NOFOLLOW)`, and a set of files
-//! published only once every one of them has been written in full.
+//! The output writer: a tmpfs root, walked with `openat(O_NOFOLLOW)`, and atomic secret sets.
 //!
 //! * The root's path is opened component by component from `/` with `O_NOFOLLOW | O_DIRECTORY`:
 //!   a symlink anywhere on the way is refused by the kernel, not by a path check.
 //! * The root must be on tmpfs or ramfs (`fstatfs`) unless the caller explicitly allows otherwise.
-//! * The root (and any subdirectory bootsecrets creates in it) gets the plan's mode and owner.
-//! * Each file is staged as `.bootsecrets-tmp.*` in its final directory: created with mode 0000,
-//!   `fchmod`ed and `fchown`ed to its final mode and owner before the first byte, written,
-//!   `fsync`ed. Only when every file of the set is staged are they moved into place (existing
-//!   targets swapped with `RENAME_EXCHANGE`, new ones created with `RENAME_NOREPLACE`), then each
-//!   directory is `fsync`ed. If anything fails, every file already moved is swapped back and every
-//!   staged file removed: a failed run leaves the previous set exactly as it was.
-//! * An existing target that is a symlink, a directory or anything but a regular file is refused.
-//!   A rename replaces the directory entry and never writes through it.
-//! * An exclusive `flock` on the root serialises concurrent runs; stale temporary files left by a
-//!   killed run are removed.
+//! * **Atomic sets**, after Kubernetes' atomic writer. A run writes the whole set into a fresh
+//!   version directory `..v-<random>` (each file created with mode 0000, `fchmod`ed and `fchown`ed
+//!   to its final mode and owner before the first byte, written, `fsync`ed), then publishes it
+//!   with one `rename` of a symlink: `..data -> ..v-<random>`. Every top-level name of the set is
+//!   a symlink `NAME -> ..data/NAME`, so `<root>/NAME` (and `<root>/dir/file`) resolve through
+//!   `..data`; names a new set adds are linked *before* the flip (they dangle until then, which
+//!   reads exactly like "absent"), names it drops are unlinked *after* it. At every instant, and
+//!   after a crash at any point, a reader sees exactly the old set or exactly the new one. A
+//!   failed run never touches `..data`: the previous set stays intact and readable.
+//! * A set identical to the published one (same names, bytes, modes and owners) is not written
+//!   again: nothing changes on disk and the caller learns which secrets changed.
+//! * Names bootsecrets manages are reserved: `..data`, `..v-*`, `..tmp-*` and `.status.json`; an
+//!   existing top-level entry that is not a symlink into `..data` is refused, never replaced.
+//! * An exclusive `flock` on the root serialises concurrent runs (boot and refresh); leftovers of
+//!   a killed run (version directories not in use, temporary links) are removed.
 
 use crate::plan::{RelPath, TEMP_PREFIX};
 use crate::secret::Secret;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, RenameFlags, openat, renameat2};
+use nix::fcntl::{AtFlags, Flock, FlockArg, OFlag, openat, readlinkat, renameat};
 use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
-use std::collections::BTreeMap;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, symlinkat, unlinkat};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+/// The symlink whose target is the published version directory.
+pub const DATA_LINK: &str = "..data";
+/// Version directories are named `..v-<16 hex digits>`.
+pub const VERSION_PREFIX: &str = "..v-";
+/// Temporary links and files, renamed into place or removed.
+pub const LINK_TMP_PREFIX: &str = "..tmp-";
+/// The status of the last run, in the root (see docs/manifest.md).
+pub const STATUS_FILE: &str = ".status.json";
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
@@ -179,67 +191,181 @@ impl OutputRoot {
         &self.spec.path
     }
 
-    /// Opens (creating as needed) the directory `comps` below the root.
-    fn subdir(&self, comps: &[String]) -> Result<Option<OwnedFd>> {
-        if comps.is_empty() {
-            return Ok(None);
-        }
-        let mut shown = self.spec.path.clone();
-        let mut cur: Option<OwnedFd> = None;
-        for c in comps {
-            shown.push(c);
-            let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd());
-            let (fd, _) = open_dir(parent, c, &shown, true)?;
-            set_owner_mode(
-                fd.as_fd(),
-                self.spec.uid,
-                self.spec.gid,
-                self.spec.mode,
-                &shown,
-            )?;
-            cur = Some(fd);
-        }
-        Ok(cur)
+    /// Publishes `outputs` as one set (see the module documentation) and reports what changed.
+    pub fn publish(&self, outputs: &[Output<'_>]) -> Result<Publication> {
+        self.publish_with(outputs, &mut |_| Ok(()))
     }
 
-    /// Publishes `outputs` as one set: [`OutputRoot::stage`] then [`StagedSet::commit`].
-    pub fn publish(&self, outputs: &[Output<'_>]) -> Result<()> {
-        self.stage(outputs)?.commit()
-    }
-
-    /// Writes every output to a temporary file next to its target, with its final owner and mode
-    /// set before the first byte. Nothing is visible under a target name yet. If this fails, or
-    /// the returned set is dropped without [`StagedSet::commit`], every staged file is removed.
-    pub fn stage(&self, outputs: &[Output<'_>]) -> Result<StagedSet<'_>> {
-        let mut set = StagedSet {
-            root: self,
-            dirs: Vec::new(),
-            files: Vec::new(),
+    /// [`OutputRoot::publish`] with a hook called at each step, for crash tests.
+    pub fn publish_with(
+        &self,
+        outputs: &[Output<'_>],
+        hook: &mut dyn FnMut(Step) -> Result<()>,
+    ) -> Result<Publication> {
+        let root = self.fd.as_fd();
+        let current = self.current()?;
+        self.remove_leftovers(current.as_ref().map(|c| c.0.as_str()))?;
+        let changed: Vec<bool> = outputs
+            .iter()
+            .map(|o| match &current {
+                Some((_, dir)) => !same_file(dir.as_fd(), o),
+                None => true,
+            })
+            .collect();
+        let top: BTreeSet<String> = outputs
+            .iter()
+            .map(|o| o.path.components()[0].clone())
+            .collect();
+        let removed: Vec<String> = match &current {
+            Some((_, dir)) => {
+                let wanted: BTreeSet<String> = outputs.iter().map(|o| o.path.to_string()).collect();
+                list_files(dir.as_fd(), "")?
+                    .into_iter()
+                    .filter(|f| !wanted.contains(f))
+                    .collect()
+            }
+            None => Vec::new(),
         };
-        let mut dir_index: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+        if current.is_some() && !changed.contains(&true) && removed.is_empty() {
+            // Same set: nothing to write. Repair the links in case one was removed by hand.
+            self.link_names(&top)?;
+            self.unlink_names_except(&top)?;
+            return Ok(Publication {
+                previous: true,
+                changed,
+                removed,
+            });
+        }
+
+        let version = format!("{VERSION_PREFIX}{:016x}", fastrand::u64(..));
+        let built = self.build_version(&version, outputs, hook);
+        let built = built.and_then(|dir| {
+            self.link_names(&top)?;
+            hook(Step::Linked)?;
+            Ok(dir)
+        });
+        if let Err(e) = built {
+            if let Err(c) = remove_tree(root, &version) {
+                log::warn!("cannot remove the unpublished version {version}: {c:#}");
+            }
+            // Links made for names only the new set has would dangle forever: remove them.
+            let keep: BTreeSet<String> = match &current {
+                Some((_, dir)) => entries(dir.as_fd())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+                None => BTreeSet::new(),
+            };
+            let _ = self.unlink_names_except(&keep);
+            return Err(e);
+        }
+
+        // The flip: one rename makes the whole new set visible.
+        let tmp = format!("{LINK_TMP_PREFIX}{:016x}", fastrand::u64(..));
+        symlinkat(version.as_str(), root, tmp.as_str())
+            .context("cannot create the new `..data` link")?;
+        if let Err(e) = renameat(root, tmp.as_str(), root, DATA_LINK) {
+            let _ = unlinkat(root, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = remove_tree(root, &version);
+            return Err(e).context("cannot switch `..data` to the new set");
+        }
+        if let Err(e) = fsync(root) {
+            log::warn!("cannot fsync the output root: {e}");
+        }
+        hook(Step::Flipped)?;
+
+        // Clean-up: links the new set does not have, then the previous version.
+        self.unlink_names_except(&top)?;
+        if let Some((old, _)) = &current
+            && let Err(e) = remove_tree(root, old)
+        {
+            log::warn!("cannot remove the previous version {old}: {e:#}");
+        }
+        if let Err(e) = fsync(root) {
+            log::warn!("cannot fsync the output root: {e}");
+        }
+        Ok(Publication {
+            previous: current.is_some(),
+            changed,
+            removed,
+        })
+    }
+
+    /// The published version: the target of `..data`, opened without following links.
+    fn current(&self) -> Result<Option<(String, OwnedFd)>> {
+        let root = self.fd.as_fd();
+        let target = match readlinkat(root, DATA_LINK) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::EINVAL) => bail!(
+                "{} exists and is not a symbolic link; remove it",
+                self.spec.path.join(DATA_LINK).display()
+            ),
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot read {}", self.spec.path.join(DATA_LINK).display())
+                });
+            }
+        };
+        if !target.starts_with(VERSION_PREFIX) || target.contains('/') {
+            bail!(
+                "{} points to `{target}`, not to a version directory bootsecrets made",
+                self.spec.path.join(DATA_LINK).display()
+            );
+        }
+        let shown = self.spec.path.join(&target);
+        match openat(root, target.as_str(), dir_flags(), Mode::empty()) {
+            Ok(fd) => Ok(Some((target, fd))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot open {}", shown.display())),
+        }
+    }
+
+    /// Writes every output into a new version directory. Nothing is visible yet.
+    fn build_version(
+        &self,
+        version: &str,
+        outputs: &[Output<'_>],
+        hook: &mut dyn FnMut(Step) -> Result<()>,
+    ) -> Result<OwnedFd> {
+        let root = self.fd.as_fd();
+        let shown_root = self.spec.path.join(version);
+        mkdirat(root, version, Mode::from_bits_truncate(0o700))
+            .with_context(|| format!("cannot create {}", shown_root.display()))?;
+        let vdir = open_dir(root, version, &shown_root, false)?.0;
+        self.own_dir(vdir.as_fd(), &shown_root)?;
+        let mut dirs: BTreeMap<Vec<String>, OwnedFd> = BTreeMap::new();
         for out in outputs {
             let (parents, name) = out.path.split();
-            let idx = match dir_index.get(parents) {
-                Some(&i) => i,
-                None => {
-                    set.dirs.push(self.subdir(parents)?);
-                    let i = set.dirs.len() - 1;
-                    dir_index.insert(parents.to_vec(), i);
-                    self.remove_stale(self.dir_fd(&set.dirs[i]), parents)?;
-                    i
-                }
-            };
-            let dir = self.dir_fd(&set.dirs[idx]);
             let shown = self.spec.path.join(out.path.to_string());
-            let replaces = check_target(dir, name, &shown)?;
-            let tmp = format!(
-                "{TEMP_PREFIX}{}.{:016x}",
-                std::process::id(),
-                fastrand::u64(..)
-            );
+            if !parents.is_empty() && !dirs.contains_key(parents) {
+                let mut cur: Option<OwnedFd> = None;
+                let mut shown_dir = shown_root.clone();
+                for (i, c) in parents.iter().enumerate() {
+                    shown_dir.push(c);
+                    let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(vdir.as_fd());
+                    let fd = match dirs.get(&parents[..=i]) {
+                        Some(fd) => fd.try_clone().context("cannot duplicate a descriptor")?,
+                        None => {
+                            let (fd, _) = open_dir(parent, c, &shown_dir, true)?;
+                            self.own_dir(fd.as_fd(), &shown_dir)?;
+                            dirs.insert(
+                                parents[..=i].to_vec(),
+                                fd.try_clone().context("cannot duplicate a descriptor")?,
+                            );
+                            fd
+                        }
+                    };
+                    cur = Some(fd);
+                }
+            }
+            let dir = match dirs.get(parents) {
+                Some(fd) => fd.as_fd(),
+                None => vdir.as_fd(),
+            };
             let fd = openat(
                 dir,
-                tmp.as_str(),
+                name,
                 OFlag::O_WRONLY
                     | OFlag::O_CREAT
                     | OFlag::O_EXCL
@@ -247,217 +373,266 @@ impl OutputRoot {
                     | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )
-            .with_context(|| {
-                format!("cannot create a temporary file next to {}", shown.display())
-            })?;
-            set.files.push(Staged {
-                dir: idx,
-                tmp,
-                name: name.to_string(),
-                shown: shown.clone(),
-                replaces,
-                state: State::Staged,
-            });
+            .with_context(|| format!("cannot create {}", shown.display()))?;
             set_owner_mode(fd.as_fd(), out.uid, out.gid, out.mode, &shown)?;
             let mut file = std::fs::File::from(fd);
             file.write_all(out.value.expose())
                 .with_context(|| format!("cannot write {}", shown.display()))?;
             file.sync_all()
                 .with_context(|| format!("cannot fsync {}", shown.display()))?;
+            hook(Step::Wrote)?;
         }
-        Ok(set)
-    }
-    fn dir_fd<'a>(&'a self, d: &'a Option<OwnedFd>) -> BorrowedFd<'a> {
-        d.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd())
-    }
-
-    /// Removes temporary files a killed run left behind (we hold the lock: none is in use).
-    fn remove_stale(&self, dir: BorrowedFd<'_>, comps: &[String]) -> Result<()> {
-        let mut d = nix::dir::Dir::openat(dir, ".", dir_flags(), Mode::empty())
-            .context("cannot list an output directory")?;
-        let stale: Vec<std::ffi::CString> = d
-            .iter()
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_bytes().starts_with(TEMP_PREFIX.as_bytes()))
-            .map(|e| e.file_name().to_owned())
-            .collect();
-        for name in stale {
-            log::debug!(
-                "removing stale temporary file {}/{}",
-                self.spec.path.join(comps.join("/")).display(),
-                name.to_string_lossy()
-            );
-            unlinkat(dir, name.as_c_str(), UnlinkatFlags::NoRemoveDir)
-                .context("cannot remove a stale temporary file")?;
+        for fd in dirs.values() {
+            fsync(fd.as_fd()).context("cannot fsync an output directory")?;
         }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// The new content is under the temporary name.
-    Staged,
-    /// Swapped into place; the temporary name holds the previous file if `replaces`.
-    Committed,
-    /// Nothing is left under the temporary name.
-    Gone,
-}
-
-struct Staged {
-    dir: usize,
-    tmp: String,
-    name: String,
-    shown: PathBuf,
-    /// A regular file existed under `name` when staging checked it.
-    replaces: bool,
-    state: State,
-}
-
-/// A set of staged files, not yet visible. Dropping it without committing removes them.
-pub struct StagedSet<'r> {
-    root: &'r OutputRoot,
-    dirs: Vec<Option<OwnedFd>>,
-    files: Vec<Staged>,
-}
-
-impl StagedSet<'_> {
-    fn dir(&self, i: usize) -> BorrowedFd<'_> {
-        self.root.dir_fd(&self.dirs[i])
+        fsync(vdir.as_fd()).context("cannot fsync the new version directory")?;
+        Ok(vdir)
     }
 
-    /// Moves every staged file into place. A target that existed is swapped with its new version
-    /// (`renameat2(RENAME_EXCHANGE)`), so the previous file stays under the temporary name until
-    /// the whole set is in; a new target is created with `RENAME_NOREPLACE`, so a file that
-    /// appeared since staging is never clobbered. If any step fails, the files already moved are
-    /// swapped back (or moved back), leaving the previous set exactly as it was.
-    pub fn commit(mut self) -> Result<()> {
-        let mut failure = None;
-        for i in 0..self.files.len() {
-            let f = &self.files[i];
-            let flags = if f.replaces {
-                RenameFlags::RENAME_EXCHANGE
-            } else {
-                RenameFlags::RENAME_NOREPLACE
-            };
-            let dir = self.dir(f.dir);
-            match renameat2(dir, f.tmp.as_str(), dir, f.name.as_str(), flags) {
-                Ok(()) => self.files[i].state = State::Committed,
-                Err(e) => {
-                    failure = Some(anyhow::Error::new(e).context(format!(
-                        "cannot move {} into place{}",
-                        f.shown.display(),
-                        if f.replaces {
-                            ""
-                        } else {
-                            " (a file appeared there since staging?)"
-                        }
-                    )));
-                    break;
-                }
-            }
-        }
-        if let Some(err) = failure {
-            let mut unrestored = Vec::new();
-            for i in (0..self.files.len()).rev() {
-                let f = &self.files[i];
-                if f.state != State::Committed {
-                    continue;
-                }
-                let dir = self.dir(f.dir);
-                let back = if f.replaces {
-                    renameat2(
-                        dir,
-                        f.tmp.as_str(),
-                        dir,
-                        f.name.as_str(),
-                        RenameFlags::RENAME_EXCHANGE,
-                    )
-                } else {
-                    renameat2(
-                        dir,
-                        f.name.as_str(),
-                        dir,
-                        f.tmp.as_str(),
-                        RenameFlags::RENAME_NOREPLACE,
-                    )
-                };
-                match back {
-                    Ok(()) => self.files[i].state = State::Staged,
-                    Err(e) => unrestored.push(format!("{} ({e})", f.shown.display())),
-                }
-            }
-            if !unrestored.is_empty() {
-                return Err(err.context(format!(
-                    "and restoring the previous version failed for: {}",
-                    unrestored.join(", ")
-                )));
-            }
-            return Err(err); // Drop removes the staged files
-        }
-        // The whole set is in place. Remove the previous versions and sync the directories.
-        for i in 0..self.files.len() {
-            let f = &self.files[i];
-            if f.replaces
-                && let Err(e) =
-                    unlinkat(self.dir(f.dir), f.tmp.as_str(), UnlinkatFlags::NoRemoveDir)
-            {
-                log::warn!(
-                    "cannot remove the previous version of {}: {e}",
-                    f.shown.display()
-                );
-            }
-            self.files[i].state = State::Gone;
-        }
-        for i in 0..self.dirs.len() {
-            if let Err(e) = fsync(self.dir(i)) {
-                log::warn!("cannot fsync an output directory: {e}");
-            }
-        }
-        if let Err(e) = fsync(self.root.fd.as_fd()) {
-            log::warn!("cannot fsync the output root: {e}");
-        }
-        Ok(())
+    fn own_dir(&self, fd: BorrowedFd<'_>, shown: &Path) -> Result<()> {
+        set_owner_mode(fd, self.spec.uid, self.spec.gid, self.spec.mode, shown)
     }
-}
 
-impl Drop for StagedSet<'_> {
-    fn drop(&mut self) {
-        for f in &self.files {
-            if f.state != State::Gone {
-                let _ = unlinkat(self.dir(f.dir), f.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            }
-        }
-    }
-}
-
-/// The target may be absent (false) or a regular file (true); anything else is refused.
-fn check_target(dir: BorrowedFd<'_>, name: &str, shown: &Path) -> Result<bool> {
-    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-        Err(Errno::ENOENT) => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("cannot stat {}", shown.display())),
-        Ok(st) => {
-            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-            if kind == SFlag::S_IFREG {
-                Ok(true)
-            } else if kind == SFlag::S_IFLNK {
-                bail!(
-                    "{} is a symbolic link; bootsecrets refuses symlinks under the output root",
+    /// Makes `NAME -> ..data/NAME` exist for every name, replacing a link with another target
+    /// atomically and refusing any entry that is not a symbolic link.
+    fn link_names(&self, names: &BTreeSet<String>) -> Result<()> {
+        let root = self.fd.as_fd();
+        for name in names {
+            let target = format!("{DATA_LINK}/{name}");
+            let shown = self.spec.path.join(name);
+            match readlinkat(root, name.as_str()) {
+                Ok(t) if t.as_encoded_bytes() == target.as_bytes() => continue,
+                Ok(_) | Err(Errno::ENOENT) => {}
+                Err(Errno::EINVAL) => bail!(
+                    "{} exists and is not a link bootsecrets manages (a leftover of another                      layout, or planted); remove it",
                     shown.display()
-                )
-            } else if kind == SFlag::S_IFDIR {
-                bail!("{} is a directory", shown.display())
-            } else {
-                bail!("{} exists and is not a regular file", shown.display())
+                ),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot read {}", shown.display()));
+                }
+            }
+            let tmp = format!("{LINK_TMP_PREFIX}{:016x}", fastrand::u64(..));
+            symlinkat(target.as_str(), root, tmp.as_str())
+                .with_context(|| format!("cannot create the link for {}", shown.display()))?;
+            if let Err(e) = renameat(root, tmp.as_str(), root, name.as_str()) {
+                let _ = unlinkat(root, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(e).with_context(|| format!("cannot link {}", shown.display()));
             }
         }
+        Ok(())
+    }
+
+    /// Removes the links into `..data` whose names are not in `keep`. Other entries are left.
+    fn unlink_names_except(&self, keep: &BTreeSet<String>) -> Result<()> {
+        let root = self.fd.as_fd();
+        for name in entries(root)? {
+            if keep.contains(&name) || is_reserved(&name) {
+                continue;
+            }
+            if let Ok(t) = readlinkat(root, name.as_str())
+                && t.as_encoded_bytes()
+                    .starts_with(format!("{DATA_LINK}/").as_bytes())
+            {
+                unlinkat(root, name.as_str(), UnlinkatFlags::NoRemoveDir).with_context(|| {
+                    format!("cannot remove {}", self.spec.path.join(&name).display())
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what a killed run can leave: version directories other than the published one,
+    /// temporary links, and temporary files of the status writer.
+    fn remove_leftovers(&self, current: Option<&str>) -> Result<()> {
+        let root = self.fd.as_fd();
+        for name in entries(root)? {
+            if Some(name.as_str()) == current {
+                continue;
+            }
+            if name.starts_with(VERSION_PREFIX) {
+                log::debug!("removing the leftover version {name}");
+                remove_tree(root, &name)?;
+            } else if name.starts_with(LINK_TMP_PREFIX) || name.starts_with(TEMP_PREFIX) {
+                unlinkat(root, name.as_str(), UnlinkatFlags::NoRemoveDir)
+                    .with_context(|| format!("cannot remove the leftover {name}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The current status file, if there is a readable one (at most 16 MiB).
+    pub fn read_status(&self) -> Option<Vec<u8>> {
+        let fd = openat(
+            self.fd.as_fd(),
+            STATUS_FILE,
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(
+            &mut std::io::Read::take(std::fs::File::from(fd), 16 << 20),
+            &mut buf,
+        )
+        .ok()?;
+        Some(buf)
+    }
+
+    /// Writes the status file atomically: a temporary file with mode 0600 and the root's owner,
+    /// written and synced, then renamed over `.status.json`.
+    pub fn write_status(&self, content: &[u8]) -> Result<()> {
+        let root = self.fd.as_fd();
+        let shown = self.spec.path.join(STATUS_FILE);
+        let tmp = format!("{LINK_TMP_PREFIX}status-{:016x}", fastrand::u64(..));
+        let fd = openat(
+            root,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("cannot create a temporary file for {}", shown.display()))?;
+        let result = (|| {
+            set_owner_mode(fd.as_fd(), self.spec.uid, self.spec.gid, 0o600, &shown)?;
+            let mut f = std::fs::File::from(fd);
+            f.write_all(content)
+                .with_context(|| format!("cannot write {}", shown.display()))?;
+            f.sync_all()
+                .with_context(|| format!("cannot fsync {}", shown.display()))?;
+            renameat(root, tmp.as_str(), root, STATUS_FILE)
+                .with_context(|| format!("cannot move {} into place", shown.display()))
+        })();
+        if result.is_err() {
+            let _ = unlinkat(root, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
+}
+
+/// Points in [`OutputRoot::publish_with`] where a test may inject a failure or a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// One file of the new version was written.
+    Wrote,
+    /// Every top-level name is linked; the flip is next.
+    Linked,
+    /// `..data` points to the new version; clean-up is next.
+    Flipped,
+}
+
+/// What a publication did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publication {
+    /// A set was published before this one.
+    pub previous: bool,
+    /// Per output, in order: new, or different from the published file (bytes, mode or owner).
+    pub changed: Vec<bool>,
+    /// Paths of the previous set that the new one no longer has.
+    pub removed: Vec<String>,
+}
+
+impl Publication {
+    /// True when the set on disk changed.
+    pub fn any_change(&self) -> bool {
+        self.changed.contains(&true) || !self.removed.is_empty()
+    }
+}
+
+/// Names bootsecrets manages in the root, never used by an output.
+fn is_reserved(name: &str) -> bool {
+    name.starts_with("..") || name == STATUS_FILE || name.starts_with(TEMP_PREFIX)
+}
+
+/// Every entry name of a directory except `.` and `..`.
+fn entries(dir: BorrowedFd<'_>) -> Result<Vec<String>> {
+    let mut d = nix::dir::Dir::openat(dir, ".", dir_flags(), Mode::empty())
+        .context("cannot list an output directory")?;
+    Ok(d.iter()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "." && n != "..")
+        .collect())
+}
+
+/// Every non-directory entry below `dir`, as relative paths.
+fn list_files(dir: BorrowedFd<'_>, prefix: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for name in entries(dir)? {
+        let rel = if prefix.is_empty() {
+            name.clone()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        match openat(dir, name.as_str(), dir_flags(), Mode::empty()) {
+            Ok(sub) => out.extend(list_files(sub.as_fd(), &rel)?),
+            Err(_) => out.push(rel),
+        }
+    }
+    Ok(out)
+}
+
+/// True when the published file equals the output: a regular file with the same mode, owner and
+/// bytes. Any doubt (missing, unreadable, a link) counts as different.
+fn same_file(vdir: BorrowedFd<'_>, o: &Output<'_>) -> bool {
+    let (parents, name) = o.path.split();
+    let mut cur: Option<OwnedFd> = None;
+    for c in parents {
+        let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(vdir);
+        match openat(parent, c.as_str(), dir_flags(), Mode::empty()) {
+            Ok(fd) => cur = Some(fd),
+            Err(_) => return false,
+        }
+    }
+    let dir = cur.as_ref().map(|f| f.as_fd()).unwrap_or(vdir);
+    let Ok(fd) = openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let Ok(st) = nix::sys::stat::fstat(fd.as_fd()) else {
+        return false;
+    };
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG
+        || st.st_mode & 0o7777 != o.mode
+        || (st.st_uid, st.st_gid) != (o.uid, o.gid)
+        || st.st_size as u64 != o.value.len() as u64
+    {
+        return false;
+    }
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(o.value.len()));
+    let mut f = std::fs::File::from(fd);
+    if std::io::Read::read_to_end(&mut f, &mut buf).is_err() {
+        return false;
+    }
+    buf.as_slice() == o.value.expose()
+}
+
+/// Removes `name` in `parent` and everything below it, never following a symbolic link.
+fn remove_tree(parent: BorrowedFd<'_>, name: &str) -> Result<()> {
+    match openat(parent, name, dir_flags(), Mode::empty()) {
+        Ok(fd) => {
+            for e in entries(fd.as_fd())? {
+                remove_tree(fd.as_fd(), &e)?;
+            }
+            match unlinkat(parent, name, UnlinkatFlags::RemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(e) => Err(e).with_context(|| format!("cannot remove directory {name}")),
+            }
+        }
+        Err(Errno::ENOENT) => Ok(()),
+        Err(_) => match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {name}")),
+        },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
 
     fn scratch(name: &str) -> PathBuf {
         let p = PathBuf::from(format!(
@@ -487,74 +662,6 @@ mod tests {
             mode: 0o700,
             allow_non_tmpfs: false,
         }
-    }
-
-    #[test]
-    fn writes_a_set_with_modes_and_leaves_no_temp_files() {
-        let root = scratch("set");
-        let r = OutputRoot::open(&spec(&root)).unwrap();
-        let (a, b) = (
-            RelPath::parse("a").unwrap(),
-            RelPath::parse("sub/dir/b").unwrap(),
-        );
-        let (va, vb) = (Secret::new(b"one".to_vec()), Secret::new(b"two".to_vec()));
-        r.publish(&[out(&a, &va, 0o400), out(&b, &vb, 0o640)])
-            .unwrap();
-        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"one");
-        assert_eq!(std::fs::read(root.join("sub/dir/b")).unwrap(), b"two");
-        let m = |p: &str| {
-            std::fs::metadata(root.join(p))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o7777
-        };
-        assert_eq!(m("a"), 0o400);
-        assert_eq!(m("sub/dir/b"), 0o640);
-        assert_eq!(m("sub"), 0o700);
-        assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o7777, 0o700);
-        let names: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names.len(), 2, "{names:?}");
-        drop(r);
-        std::fs::remove_dir_all(&root).unwrap();
-    }
-
-    #[test]
-    fn a_planted_symlink_fails_the_set_and_removes_staged_files() {
-        let root = scratch("symlink");
-        let r = OutputRoot::open(&spec(&root)).unwrap();
-        std::os::unix::fs::symlink("/etc/shadow", root.join("b")).unwrap();
-        let (a, b) = (RelPath::parse("a").unwrap(), RelPath::parse("b").unwrap());
-        let v = Secret::new(b"x".to_vec());
-        let err = r
-            .publish(&[
-                Output {
-                    path: &a,
-                    value: &v,
-                    mode: 0o400,
-                    uid: 0,
-                    gid: 0,
-                },
-                Output {
-                    path: &b,
-                    value: &v,
-                    mode: 0o400,
-                    uid: 0,
-                    gid: 0,
-                },
-            ])
-            .unwrap_err();
-        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
-        let names: Vec<_> = std::fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("b")]);
-        drop(r);
-        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -603,8 +710,101 @@ mod tests {
         v
     }
 
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn data_target(root: &Path) -> String {
+        std::fs::read_link(root.join(DATA_LINK))
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
     #[test]
-    fn a_failed_commit_restores_the_previous_set() {
+    fn writes_a_set_through_one_data_link() {
+        let root = scratch("set");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let (a, b) = (
+            RelPath::parse("a").unwrap(),
+            RelPath::parse("sub/dir/b").unwrap(),
+        );
+        let (va, vb) = (Secret::new(b"one".to_vec()), Secret::new(b"two".to_vec()));
+        let p = r
+            .publish(&[out(&a, &va, 0o400), out(&b, &vb, 0o640)])
+            .unwrap();
+        assert_eq!(p.changed, [true, true]);
+        assert!(!p.previous);
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"one");
+        assert_eq!(std::fs::read(root.join("sub/dir/b")).unwrap(), b"two");
+        assert_eq!(mode(&root.join("a")), 0o400);
+        assert_eq!(mode(&root.join("sub/dir/b")), 0o640);
+        assert_eq!(mode(&root.join("sub")), 0o700);
+        assert_eq!(mode(&root), 0o700);
+        let v = data_target(&root);
+        assert!(v.starts_with(VERSION_PREFIX), "{v}");
+        assert_eq!(mode(&root.join(&v)), 0o700);
+        assert_eq!(
+            names(&root),
+            vec![DATA_LINK.to_string(), v, "a".into(), "sub".into()]
+        );
+        assert_eq!(
+            std::fs::read_link(root.join("a")).unwrap(),
+            Path::new("..data/a")
+        );
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_unchanged_set_is_not_rewritten_and_changes_are_reported() {
+        let root = scratch("unchanged");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let (a, b, c) = (
+            RelPath::parse("a").unwrap(),
+            RelPath::parse("b").unwrap(),
+            RelPath::parse("c/d").unwrap(),
+        );
+        let (one, two) = (Secret::new(b"1".to_vec()), Secret::new(b"2".to_vec()));
+        r.publish(&[
+            out(&a, &one, 0o400),
+            out(&b, &one, 0o400),
+            out(&c, &one, 0o400),
+        ])
+        .unwrap();
+        let v1 = data_target(&root);
+        let p = r
+            .publish(&[
+                out(&a, &one, 0o400),
+                out(&b, &one, 0o400),
+                out(&c, &one, 0o400),
+            ])
+            .unwrap();
+        assert!(p.previous && !p.any_change(), "{p:?}");
+        assert_eq!(
+            data_target(&root),
+            v1,
+            "an unchanged set must not be flipped"
+        );
+        // A new value, a new mode, and a dropped file are each a change.
+        let p = r
+            .publish(&[out(&a, &two, 0o400), out(&b, &one, 0o440)])
+            .unwrap();
+        assert_eq!(p.changed, [true, true]);
+        assert_eq!(p.removed, ["c/d"]);
+        assert_ne!(data_target(&root), v1);
+        assert!(!root.join(&v1).exists(), "the previous version is removed");
+        assert!(
+            std::fs::symlink_metadata(root.join("c")).is_err(),
+            "the dropped name is unlinked"
+        );
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"2");
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_failed_run_leaves_the_previous_set_intact() {
         let root = scratch("rollback");
         let r = OutputRoot::open(&spec(&root)).unwrap();
         let (a, b, c) = (
@@ -615,51 +815,116 @@ mod tests {
         let old = Secret::new(b"old".to_vec());
         r.publish(&[out(&a, &old, 0o400), out(&b, &old, 0o400)])
             .unwrap();
+        let before = names(&root);
         let new = Secret::new(b"new".to_vec());
-        let staged = r
-            .stage(&[
-                out(&a, &new, 0o440),
-                out(&b, &new, 0o440),
-                out(&c, &new, 0o440),
-            ])
-            .unwrap();
-        // Something creates `c` between staging and commit: RENAME_NOREPLACE refuses to clobber it,
-        // after `a` and `b` were already swapped in; they must be swapped back.
-        std::fs::write(root.join("c"), b"foreign").unwrap();
-        let err = staged.commit().unwrap_err();
-        assert!(format!("{err:#}").contains("cannot move"), "{err:#}");
-        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"old");
-        assert_eq!(std::fs::read(root.join("b")).unwrap(), b"old");
-        assert_eq!(std::fs::read(root.join("c")).unwrap(), b"foreign");
-        assert_eq!(
-            std::fs::metadata(root.join("a"))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777,
-            0o400
-        );
-        assert_eq!(names(&root), vec!["a", "b", "c"]);
-        // And a successful commit replaces both and leaves no previous versions behind.
-        std::fs::remove_file(root.join("c")).unwrap();
-        r.publish(&[out(&a, &new, 0o440), out(&b, &new, 0o440)])
-            .unwrap();
-        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"new");
-        assert_eq!(names(&root), vec!["a", "b"]);
+        for fail_at in [Step::Wrote, Step::Linked] {
+            let mut n = 0;
+            let err = r
+                .publish_with(
+                    &[
+                        out(&a, &new, 0o440),
+                        out(&b, &new, 0o440),
+                        out(&c, &new, 0o440),
+                    ],
+                    &mut |s| {
+                        n += 1;
+                        if s == fail_at && n >= 2 {
+                            bail!("injected failure at {s:?}")
+                        }
+                        Ok(())
+                    },
+                )
+                .unwrap_err();
+            assert!(format!("{err:#}").contains("injected"), "{err:#}");
+            assert_eq!(std::fs::read(root.join("a")).unwrap(), b"old");
+            assert_eq!(std::fs::read(root.join("b")).unwrap(), b"old");
+            assert_eq!(mode(&root.join("a")), 0o400);
+            assert_eq!(names(&root), before, "no new version, no link for `c`");
+        }
         drop(r);
         std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
-    fn a_dropped_staged_set_leaves_nothing() {
-        let root = scratch("drop");
+    fn a_crash_after_the_flip_is_cleaned_up_by_the_next_run() {
+        let root = scratch("crash");
         let r = OutputRoot::open(&spec(&root)).unwrap();
-        let a = RelPath::parse("x/a").unwrap();
-        let v = Secret::new(b"v".to_vec());
-        let staged = r.stage(&[out(&a, &v, 0o400)]).unwrap();
-        assert_eq!(names(&root.join("x")).len(), 1);
-        drop(staged);
-        assert!(names(&root.join("x")).is_empty());
+        let (a, b) = (RelPath::parse("a").unwrap(), RelPath::parse("b").unwrap());
+        let (old, new) = (Secret::new(b"old".to_vec()), Secret::new(b"new".to_vec()));
+        r.publish(&[out(&a, &old, 0o400), out(&b, &old, 0o400)])
+            .unwrap();
+        let v1 = data_target(&root);
+        // "Crash" right after the flip: the old version and the link for `b` stay behind.
+        r.publish_with(&[out(&a, &new, 0o400)], &mut |s| {
+            if s == Step::Flipped {
+                bail!("killed")
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"new");
+        assert!(root.join(&v1).exists());
+        assert!(
+            std::fs::read(root.join("b")).is_err(),
+            "`b` is not in the new set"
+        );
+        let p = r.publish(&[out(&a, &new, 0o400)]).unwrap();
+        assert!(!p.any_change());
+        assert!(!root.join(&v1).exists(), "the leftover version is removed");
+        assert_eq!(names(&root).len(), 3, "{:?}", names(&root));
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn planted_entries_are_never_written_through() {
+        let root = scratch("planted");
+        let victim = scratch("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let a = RelPath::parse("a").unwrap();
+        let v = Secret::new(b"x".to_vec());
+        // A symlink planted under an output name is replaced by our link, never followed.
+        std::os::unix::fs::symlink(&victim, root.join("a")).unwrap();
+        r.publish(&[out(&a, &v, 0o400)]).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"x");
+        // A regular file or a hard link under an output name is refused, and nothing changes.
+        let b = RelPath::parse("b").unwrap();
+        std::fs::hard_link(&victim, root.join("b")).unwrap();
+        let before = data_target(&root);
+        let err = r
+            .publish(&[out(&a, &v, 0o400), out(&b, &v, 0o400)])
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a link bootsecrets manages"),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(data_target(&root), before);
+        // `..data` replaced by a link elsewhere is refused.
+        std::fs::remove_file(root.join("b")).unwrap();
+        std::fs::remove_file(root.join(DATA_LINK)).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join(DATA_LINK)).unwrap();
+        let err = r.publish(&[out(&a, &v, 0o400)]).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not to a version directory"),
+            "{err:#}"
+        );
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_file(&victim).unwrap();
+    }
+
+    #[test]
+    fn the_status_file_is_private_and_replaced_atomically() {
+        let root = scratch("status");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        r.write_status(b"{\"a\":1}").unwrap();
+        r.write_status(b"{\"a\":2}").unwrap();
+        assert_eq!(std::fs::read(root.join(STATUS_FILE)).unwrap(), b"{\"a\":2}");
+        assert_eq!(mode(&root.join(STATUS_FILE)), 0o600);
+        assert_eq!(names(&root), vec![STATUS_FILE.to_string()]);
         drop(r);
         std::fs::remove_dir_all(&root).unwrap();
     }

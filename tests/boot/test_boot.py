@@ -196,6 +196,7 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         assert 0 < done <= started, rep
         assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
         assert any("done: 2 secret(s)" in j for j in rep.starting("journal-bootsecrets")), rep
+        assert rep.starting("status-outcome") == ["published"], rep
         assert rep.starting("failed-unit") == [], rep
         probes = rep.starting("probe")
         assert len(probes) == 4 and all(" 000 exit=" in p and "exit=0" not in p for p in probes), rep
@@ -229,6 +230,7 @@ def test_missing_secret_keeps_kubelet_down(image, moto, binary_server, tmp_path)
     assert any("Dependency failed for kubelet" in j for j in rep.starting("journal")), rep
     assert any("secret `db/password`" in j and "not found" in j for j in rep.starting("journal-bootsecrets")), rep
     assert [x for x in rep.starting("listing") if x.split()[0] == "f"] == [], rep
+    assert rep.starting("status-outcome") == ["failed"], rep
     assert rep.starting("saw") == [], rep
 
 

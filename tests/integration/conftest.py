@@ -96,6 +96,31 @@ def outdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def published(root) -> dict:
+    """The files a consumer sees under `root` (through the `NAME -> ..data/NAME` links), by
+    relative path. bootsecrets' own entries (`..data`, `..v-*`, `.status.json`) are left out."""
+    out = {}
+    root = Path(root)
+    if not root.exists():
+        return out
+    for top in sorted(os.listdir(root)):
+        if top.startswith("..") or top == ".status.json":
+            continue
+        p = root / top
+        if p.is_dir():
+            for dirpath, _, files in os.walk(p, followlinks=True):
+                for f in files:
+                    full = Path(dirpath) / f
+                    out[str(full.relative_to(root))] = full
+        elif p.exists():
+            out[top] = p
+    return out
+
+
+def status(root) -> dict:
+    return json.loads((Path(root) / ".status.json").read_text())
+
+
 class Result:
     def __init__(self, proc, elapsed):
         self.code = proc.returncode

@@ -6,16 +6,9 @@ import json
 import os
 import stat
 
-from conftest import aws_manifest
+from conftest import aws_manifest, published
 
 
-def files_under(root):
-    out = {}
-    for dirpath, dirs, files in os.walk(root):
-        for f in files:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = p
-    return out
 
 
 def test_string_secret_is_written_with_default_mode(moto, imds, outdir, name, bootsecrets):
@@ -93,7 +86,7 @@ def test_missing_secret_fails_and_writes_nothing(moto, imds, outdir, name, boots
     ]))
     assert r.code == 1, r
     assert "secret `missing`" in r.stderr and "not found" in r.stderr and "ResourceNotFoundException" in r.stderr, r
-    assert files_under(outdir) == {}
+    assert published(outdir) == {}
 
 
 def test_access_denied_fails_fast(moto, imds_factory, outdir, name, bootsecrets):
@@ -106,7 +99,7 @@ def test_access_denied_fails_fast(moto, imds_factory, outdir, name, bootsecrets)
     assert r.stderr.count(": attempt ") == 2, r  # one for the credentials, one for the secret: no retry
     assert "retrying" not in r.stderr
     assert r.elapsed < 30, r  # far from the 60 s deadline: it did not retry until the end
-    assert files_under(outdir) == {}
+    assert published(outdir) == {}
 
 
 def test_no_instance_profile_is_a_clear_permanent_error(moto, imds_factory, outdir, name, bootsecrets):
@@ -135,7 +128,7 @@ def test_imds_down_for_the_whole_deadline_fails_within_it(moto, imds_factory, ou
     assert r.code == 3, r
     assert "deadline of 3s exceeded" in r.stderr and "connection refused" in r.stderr, r
     assert r.elapsed < 3 + 2, r
-    assert files_under(outdir) == {}
+    assert published(outdir) == {}
 
 
 def test_imdsv1_only_metadata_server_is_refused(moto, imds_factory, outdir, name, bootsecrets):
@@ -147,7 +140,7 @@ def test_imdsv1_only_metadata_server_is_refused(moto, imds_factory, outdir, name
     assert "does not support IMDSv2" in r.stderr and "never falls back to IMDSv1" in r.stderr, r
     assert imds.gets_without_token() == []
     assert [m for m, _, _ in imds.requests if m == "GET"] == []
-    assert files_under(outdir) == {}
+    assert published(outdir) == {}
 
 
 def test_imds_double_is_strict(moto, imds):
@@ -181,7 +174,7 @@ def test_wrong_signature_is_rejected_by_moto_with_a_clear_error(moto, imds_facto
     r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "sig", "ref": f"{name}/sig"}]))
     assert r.code == 1, r
     assert "request signature was rejected (SignatureDoesNotMatch, HTTP 403)" in r.stderr, r
-    assert files_under(outdir) == {}
+    assert published(outdir) == {}
 
 
 def test_backend_down_is_transient_and_bounded(moto, imds, outdir, name, bootsecrets):

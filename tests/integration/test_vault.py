@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BIN, vault_manifest
+from conftest import BIN, published, status, vault_manifest
 from support.jwt import Signer
 from support.openbao import AwsLoginProxy, TokenReviewDouble
 
@@ -369,7 +369,8 @@ def test_sealed_for_the_whole_deadline_fails_within_it(bao_factory, outdir, cred
     assert r.code == 3, r
     assert "Vault is sealed" in r.stderr and "deadline of 6s exceeded" in r.stderr, r
     assert r.elapsed < 9, r
-    assert not outdir.exists() or not any(outdir.iterdir())
+    assert published(outdir) == {}
+    assert status(outdir)["run"]["outcome"] == "deadline_exceeded"
 
 
 def test_token_file_revoked_when_asked(bao, kv, outdir, credfile, bootsecrets):

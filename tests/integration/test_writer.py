@@ -1,5 +1,6 @@
 """The writer through the built binary: modes and owners, traversal, symlinks, tmpfs, cleanup."""
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, aws_manifest
+from conftest import ROOT, aws_manifest, status
 
 NOBODY = 65534  # `nobody` and `nogroup` on Debian
 
@@ -52,7 +53,8 @@ def test_traversal_is_rejected_by_check_and_run(moto, imds, outdir, bootsecrets,
     assert not outdir.exists()
 
 
-def test_symlink_planted_under_the_root_is_refused(moto, imds, outdir, name, bootsecrets):
+def test_entries_planted_under_the_root_are_never_followed(moto, imds, outdir, name, bootsecrets,
+                                                          tmp_path):
     sm = moto.client("secretsmanager")
     sm.create_secret(Name=f"{name}/a", SecretString="aaa")
     sm.create_secret(Name=f"{name}/b", SecretString="bbb")
@@ -60,25 +62,31 @@ def test_symlink_planted_under_the_root_is_refused(moto, imds, outdir, name, boo
     victim.write_text("untouched")
     try:
         outdir.mkdir(mode=0o700)
+        # Symlinks under output names (a file, a directory) are replaced by bootsecrets' own links.
         (outdir / "b").symlink_to(victim)
-        r = bootsecrets(aws_manifest(outdir, imds, moto, [
-            {"path": "a", "ref": f"{name}/a"}, {"path": "b", "ref": f"{name}/b"}]))
-        assert r.code == 1, r
-        assert "is a symbolic link" in r.stderr and "nothing was published" in r.stderr, r
+        (outdir / "sub").symlink_to(tmp_path)
+        m = aws_manifest(outdir, imds, moto, [
+            {"path": "a", "ref": f"{name}/a"}, {"path": "b", "ref": f"{name}/b"},
+            {"path": "sub/c", "ref": f"{name}/a"}])
+        r = bootsecrets(m)
+        assert r.code == 0, r
         assert victim.read_text() == "untouched"
-        assert names(outdir) == ["b"]  # the staged `a` and its temp file are gone
+        assert list(tmp_path.iterdir()) == [tmp_path / "manifest.toml"]
+        assert (outdir / "b").read_text() == "bbb" and (outdir / "sub" / "c").read_text() == "aaa"
+        assert os.readlink(outdir / "b") == "..data/b"
+        # A hard link (or any non-link entry) under an output name is refused: nothing changes.
+        published = os.readlink(outdir / "..data")
+        (outdir / "b").unlink()
+        os.link(victim, outdir / "b")
+        sm.put_secret_value(SecretId=f"{name}/a", SecretString="rotated")
+        r = bootsecrets(m)
+        assert r.code == 1, r
+        assert "not a link bootsecrets manages" in r.stderr and "nothing was published" in r.stderr
+        assert victim.read_text() == "untouched"
+        assert os.readlink(outdir / "..data") == published
+        assert (outdir / "a").read_text() == "aaa"
     finally:
         victim.unlink()
-
-
-def test_symlinked_directory_under_the_root_is_refused(moto, imds, outdir, name, bootsecrets, tmp_path):
-    moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="aaa")
-    outdir.mkdir(mode=0o700)
-    (outdir / "sub").symlink_to(tmp_path)
-    r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "sub/a", "ref": f"{name}/a"}]))
-    assert r.code == 1, r
-    assert "is a symbolic link" in r.stderr, r
-    assert list(tmp_path.iterdir()) == [tmp_path / "manifest.toml"]
 
 
 def test_symlinked_output_root_is_refused(moto, imds, outdir, name, bootsecrets, tmp_path):
@@ -113,26 +121,83 @@ def test_non_tmpfs_root_is_refused_unless_allowed(moto, imds, name, bootsecrets)
         subprocess.run(["rm", "-rf", str(disk)])
 
 
-def test_failure_leaves_no_temp_file_and_keeps_the_previous_file(moto, imds, outdir, name, bootsecrets):
+def test_a_failed_run_keeps_the_previous_set_exactly(moto, imds, outdir, name, bootsecrets):
     sm = moto.client("secretsmanager")
     sm.create_secret(Name=f"{name}/a", SecretString="first")
-    m = aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}, {"path": "d/b", "ref": f"{name}/a"}])
-    assert bootsecrets(m).code == 0
+    secrets = [{"path": "a", "ref": f"{name}/a"}, {"path": "d/b", "ref": f"{name}/a"}]
+    assert bootsecrets(aws_manifest(outdir, imds, moto, secrets)).code == 0
+    before = names(outdir)
+    published = os.readlink(outdir / "..data")
     sm.put_secret_value(SecretId=f"{name}/a", SecretString="second")
-    # Make the second output unwritable: its target is now a directory.
-    (outdir / "d" / "b").unlink()
-    (outdir / "d" / "b").mkdir()
-    r = bootsecrets(m)
+    r = bootsecrets(aws_manifest(outdir, imds, moto, secrets + [
+        {"path": "new", "ref": f"{name}/missing"}]))
     assert r.code == 1, r
-    assert "is a directory" in r.stderr, r
     assert (outdir / "a").read_bytes() == b"first"
-    assert not [n for n in names(outdir) if ".bootsecrets-tmp." in n], names(outdir)
+    assert (outdir / "d" / "b").read_bytes() == b"first"
+    assert names(outdir) == before and os.readlink(outdir / "..data") == published
 
 
-def test_stale_temp_files_from_a_killed_run_are_removed(moto, imds, outdir, name, bootsecrets):
+def test_rotation_flips_the_set_and_an_unchanged_run_does_not(moto, imds, outdir, name,
+                                                               bootsecrets):
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString="v1")
+    m = aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}])
+    assert bootsecrets(m).code == 0
+    first = os.readlink(outdir / "..data")
+    r = bootsecrets(m)
+    assert r.code == 0 and "unchanged" in r.stderr, r
+    assert os.readlink(outdir / "..data") == first
+    sm.put_secret_value(SecretId=f"{name}/a", SecretString="v2")
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert os.readlink(outdir / "..data") != first
+    assert (outdir / "a").read_bytes() == b"v2"
+    assert sorted(os.listdir(outdir)) == sorted(["..data", os.readlink(outdir / "..data"), "a",
+                                                 ".status.json"])
+
+
+def test_leftovers_of_a_killed_run_are_removed(moto, imds, outdir, name, bootsecrets):
     moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="aaa")
     outdir.mkdir(mode=0o700)
+    (outdir / "..v-00000000deadbeef").mkdir()
+    (outdir / "..v-00000000deadbeef" / "a").write_text("half")
+    (outdir / "..tmp-00000000deadbeef").symlink_to("..v-00000000deadbeef")
     (outdir / ".bootsecrets-tmp.123.00000000deadbeef").write_text("half")
     r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}]))
     assert r.code == 0, r
-    assert names(outdir) == ["a"]
+    assert sorted(os.listdir(outdir)) == sorted(["..data", os.readlink(outdir / "..data"), "a",
+                                                 ".status.json"])
+
+
+def test_status_file_describes_the_set_and_the_last_run(moto, imds, outdir, name, bootsecrets):
+    sm = moto.client("secretsmanager")
+    arn = sm.create_secret(Name=f"{name}/a", SecretString="status-canary-1")["ARN"]
+    m = aws_manifest(outdir, imds, moto, [{"path": "x/a", "ref": f"{name}/a", "mode": "0440"}])
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    st = status(outdir)
+    assert stat.S_IMODE((outdir / ".status.json").stat().st_mode) == 0o600
+    assert st["format"] == 1
+    assert st["run"]["outcome"] == "published" and st["run"]["exit_code"] == 0
+    assert st["run"]["changed"] == ["x/a"] and st["run"]["error"] is None
+    [s] = st["secrets"]
+    assert s["path"] == "x/a" and s["backend"] == "aws" and s["backend_type"] == "aws"
+    assert s["ref"] == f"{name}/a" and s["mode"] == "0440" and s["size"] == 15
+    assert s["sha256"] == hashlib.sha256(b"status-canary-1").hexdigest()
+    assert s["version"] and s["fetched_at"].endswith("Z")
+    assert st["run"]["started"] <= st["run"]["finished"]
+
+    r = bootsecrets(m)
+    assert status(outdir)["run"]["outcome"] == "unchanged"
+    assert status(outdir)["run"]["changed"] == []
+
+    sm.delete_secret(SecretId=arn, ForceDeleteWithoutRecovery=True)
+    r = bootsecrets(m)
+    assert r.code == 1, r
+    st = status(outdir)
+    assert st["run"]["outcome"] == "failed" and st["run"]["exit_code"] == 1
+    assert "secret `x/a`" in st["run"]["error"]
+    # The previous set is still what is published, and the status still describes it.
+    assert [s["path"] for s in st["secrets"]] == ["x/a"]
+    assert (outdir / "x" / "a").read_bytes() == b"status-canary-1"
+    assert "status-canary-1" not in (outdir / ".status.json").read_text()
