@@ -71,9 +71,15 @@ json_key = "password"
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
         r = subprocess.run([binary, "run", "--manifest", manifest], env=env)
         print(f"exit code {r.returncode}")
-        say(f"what was written under {out} (a tmpfs)")
-        subprocess.run(["find", str(out), "-printf", "%M %u:%g %6s  %p\n"], check=True)
+        say(f"the output root {out}: one version directory, published by the ..data link")
+        subprocess.run(["ls", "-la", str(out)], check=True)
+        say("what a consumer sees (through the links): modes and owners of each file")
+        subprocess.run(["find", "-L", str(out), "-mindepth", "1", "(", "-name", "..*", "-o",
+                        "-name", ".status.json", ")", "-prune", "-o",
+                        "-printf", "%M %u:%g %6s  %p\n"], check=True)
         subprocess.run(["stat", "-f", "-c", "filesystem type: %T", str(out)], check=True)
+        say(f"{out}/.status.json (mode 0600; digests and sizes, never values)")
+        print((out / ".status.json").read_text())
         if not keep:
             print(f"\n(removing {out}; run with --keep to leave it)")
         return r.returncode
