@@ -47,6 +47,16 @@ impl FetchError {
     }
 }
 
+/// A response refused because of its size (see `settings.max_response_bytes`).
+#[derive(Debug, thiserror::Error)]
+#[error("the response is larger than {0} bytes (settings.max_response_bytes)")]
+pub struct TooLarge(pub u64);
+
+/// The size limit hit somewhere in an error chain, if that is what happened.
+pub fn find_too_large(err: &(dyn std::error::Error + 'static)) -> Option<u64> {
+    find_in_chain(err, &mut |e| e.downcast_ref::<TooLarge>().map(|t| t.0))
+}
+
 /// Why a whole run failed; decides the process exit code.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -31,6 +31,8 @@ pub struct Settings {
     pub root_group: Option<String>,
     pub deadline_seconds: Option<u64>,
     pub concurrency: Option<usize>,
+    pub max_secret_bytes: Option<u64>,
+    pub max_response_bytes: Option<u64>,
     pub default_mode: Option<String>,
     pub default_owner: Option<String>,
     pub default_group: Option<String>,

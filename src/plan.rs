@@ -130,6 +130,7 @@ pub struct SecretPlan {
 #[derive(Debug)]
 pub struct Plan {
     pub layout: Layout,
+    pub limits: Limits,
     pub output_root: PathBuf,
     pub root_owner: Principal,
     pub root_group: Principal,
@@ -140,6 +141,28 @@ pub struct Plan {
     pub secrets: Vec<SecretPlan>,
     /// Not errors, but worth telling the operator (printed by `check` and `run -v`).
     pub warnings: Vec<String>,
+}
+
+/// Size limits: a value larger than `max_secret` or a backend response larger than `max_response`
+/// is refused (the response as soon as its size is known, never buffered in full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_secret: u64,
+    pub max_response: u64,
+}
+
+/// 1 MiB: systemd's limit for one credential (`CREDENTIAL_SIZE_MAX`).
+pub const DEFAULT_MAX_SECRET: u64 = 1024 * 1024;
+pub const DEFAULT_MAX_RESPONSE: u64 = 4 * 1024 * 1024;
+const MAX_LIMIT: u64 = 64 * 1024 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_secret: DEFAULT_MAX_SECRET,
+            max_response: DEFAULT_MAX_RESPONSE,
+        }
+    }
 }
 
 /// Where the environment comes from; tests pass their own.
@@ -349,6 +372,24 @@ impl Plan {
                 DEFAULT_CONCURRENCY
             }
         };
+        let mut limit = |v: Option<u64>, key: &str, default: u64| match v {
+            None => default,
+            Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            Some(n) => {
+                errors.push(format!(
+                    "settings.{key} = {n}: must be between 1 and {MAX_LIMIT}"
+                ));
+                default
+            }
+        };
+        let limits = Limits {
+            max_secret: limit(s.max_secret_bytes, "max_secret_bytes", DEFAULT_MAX_SECRET),
+            max_response: limit(
+                s.max_response_bytes,
+                "max_response_bytes",
+                DEFAULT_MAX_RESPONSE,
+            ),
+        };
         let default_mode = match s.default_mode.as_deref().map(parse_mode) {
             None => DEFAULT_MODE,
             Some(Ok(m)) => m,
@@ -443,6 +484,7 @@ impl Plan {
         }
         Ok(Plan {
             layout,
+            limits,
             output_root,
             root_owner,
             root_group,
@@ -480,6 +522,10 @@ impl Plan {
             "deadline     {} s for the whole run; up to {} fetches at once\n",
             self.deadline.as_secs(),
             self.concurrency
+        );
+        out += &format!(
+            "limits       {} bytes per secret, {} bytes per backend response\n",
+            self.limits.max_secret, self.limits.max_response
         );
         for (name, b) in &self.backends {
             out += &format!("backend      {name}: {}\n", b.describe());

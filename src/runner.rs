@@ -56,6 +56,7 @@ async fn fetch_one(
     s: &SecretPlan,
     backend: &Backend,
     deadline: &Deadline,
+    max_secret: u64,
 ) -> Result<Done, RunError> {
     let start = Instant::now();
     let label = secret_label(s);
@@ -64,6 +65,13 @@ async fn fetch_one(
         .map_err(|e| retry_failure(label.clone(), e))?;
     let value = extract::transform(value, s.json_key.as_deref(), s.encoding)
         .map_err(|e| RunError::Failed(anyhow!("{label}: {e}")))?;
+    if value.len() as u64 > max_secret {
+        return Err(RunError::Failed(anyhow!(
+            "{label}: the value is {} bytes, larger than {max_secret} bytes \
+             (settings.max_secret_bytes)",
+            value.len()
+        )));
+    }
     Ok(Done {
         index,
         value,
@@ -82,7 +90,15 @@ async fn fetch_and_publish(
     root: &OutputRoot,
 ) -> Result<(Vec<Done>, Publication), RunError> {
     let mut done: Vec<Done> = stream::iter(plan.secrets.iter().enumerate())
-        .map(|(i, s)| fetch_one(i, s, &backends[s.backend.as_str()], deadline))
+        .map(|(i, s)| {
+            fetch_one(
+                i,
+                s,
+                &backends[s.backend.as_str()],
+                deadline,
+                plan.limits.max_secret,
+            )
+        })
         .buffer_unordered(plan.concurrency)
         .try_collect()
         .await?;
@@ -201,7 +217,7 @@ async fn connect_fetch_publish(
     // every backend that did log in is finished before the run ends.
     let attempts =
         futures_util::future::join_all(plan.used_backends().map(|(name, cfg)| async move {
-            match Backend::connect(name, cfg, deadline).await {
+            match Backend::connect(name, cfg, deadline, &plan.limits).await {
                 Ok(b) => {
                     log::debug!("backend `{name}` ({}): identity established", cfg.kind());
                     Ok((name.as_str(), b))

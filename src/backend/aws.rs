@@ -1,9 +1,11 @@
 //! AWS Secrets Manager, authenticated with the instance role's credentials from IMDSv2.
 
-use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
+use crate::error::{
+    FetchError, TooLarge, describe_io, find_io_error, find_too_large, is_tls_error,
+};
 use crate::identity::aws_imds::{self, ImdsSettings, InstanceIdentity};
 use crate::manifest::{AwsEntry, SecretEntry};
-use crate::plan::EnvLookup;
+use crate::plan::{EnvLookup, Limits};
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::Secret;
 use aws_sdk_secretsmanager::config::{
@@ -234,6 +236,7 @@ impl AwsBackend {
         name: &str,
         cfg: &AwsConfig,
         deadline: &Deadline,
+        limits: &Limits,
     ) -> Result<Self, RetryError> {
         let identity = InstanceIdentity::new(&cfg.imds).map_err(RetryError::Permanent)?;
         let creds = retry(
@@ -273,7 +276,8 @@ impl AwsBackend {
                     .operation_attempt_timeout(cfg.timeout)
                     .build(),
             )
-            .use_fips(cfg.use_fips);
+            .use_fips(cfg.use_fips)
+            .interceptor(ResponseLimit(limits.max_response));
         if let Some((u, _)) = &cfg.endpoint {
             b = b.endpoint_url(u);
         }
@@ -334,9 +338,87 @@ fn error_code<E: ProvideErrorMetadata>(err: &E, raw: Option<&HttpResponse>) -> O
     sanitize(&text[start..end])
 }
 
+/// Refuses a response larger than the limit: at once when its `Content-Length` says so, and
+/// otherwise as soon as more than the limit has been read, so an oversize body is never buffered.
+#[derive(Debug)]
+struct ResponseLimit(u64);
+
+impl aws_smithy_runtime_api::client::interceptors::Intercept for ResponseLimit {
+    fn name(&self) -> &'static str {
+        "bootsecrets::ResponseLimit"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        ctx: &mut aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextMut<'_>,
+        _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _: &mut aws_smithy_types::config_bag::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let limit = self.0;
+        let resp = ctx.response_mut();
+        let declared = resp
+            .headers()
+            .get("content-length")
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(Box::new(TooLarge(limit)));
+        }
+        let body = std::mem::replace(resp.body_mut(), aws_smithy_types::body::SdkBody::taken());
+        *resp.body_mut() = aws_smithy_types::body::SdkBody::from_body_1_x(LimitedBody {
+            inner: body,
+            left: limit,
+            limit,
+        });
+        Ok(())
+    }
+}
+
+/// A body that fails with [`TooLarge`] once more than `limit` bytes have come through.
+struct LimitedBody {
+    inner: aws_smithy_types::body::SdkBody,
+    left: u64,
+    limit: u64,
+}
+
+impl http_body::Body for LimitedBody {
+    type Data = bytes::Bytes;
+    type Error = aws_smithy_runtime_api::box_error::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > self.left {
+                        return Poll::Ready(Some(Err(Box::new(TooLarge(self.limit)))));
+                    }
+                    self.left -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     err: &SdkError<E, HttpResponse>,
 ) -> FetchError {
+    if let Some(limit) = find_too_large(err) {
+        return FetchError::permanent(TooLarge(limit).to_string());
+    }
     match err {
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();

@@ -12,7 +12,7 @@ pub mod vault;
 
 use crate::error::FetchError;
 use crate::manifest::{BackendEntry, SecretEntry};
-use crate::plan::EnvLookup;
+use crate::plan::{EnvLookup, Limits};
 use crate::retry::{Deadline, RetryError};
 use crate::secret::Secret;
 
@@ -131,14 +131,15 @@ impl Backend {
         name: &str,
         cfg: &BackendConfig,
         deadline: &Deadline,
+        limits: &Limits,
     ) -> Result<Backend, RetryError> {
         match cfg {
             #[cfg(feature = "aws")]
-            BackendConfig::Aws(c) => aws::AwsBackend::connect(name, c, deadline)
+            BackendConfig::Aws(c) => aws::AwsBackend::connect(name, c, deadline, limits)
                 .await
                 .map(Backend::Aws),
             #[cfg(feature = "vault")]
-            BackendConfig::Vault(c) => vault::VaultBackend::connect(name, c, deadline)
+            BackendConfig::Vault(c) => vault::VaultBackend::connect(name, c, deadline, limits)
                 .await
                 .map(|b| Backend::Vault(Box::new(b))),
         }

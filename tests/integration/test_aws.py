@@ -233,3 +233,17 @@ def test_backend_that_comes_up_late_is_waited_for(moto, imds, outdir, name, boot
     assert (outdir / "late").read_bytes() == b"eventually"
     assert proxy.refused >= 2 and proxy.forwarded >= 1, (proxy.refused, proxy.forwarded)
     assert "transient" in r.stderr and "retrying" in r.stderr, r
+
+
+def test_size_limits_refuse_oversize_values_and_responses(moto, imds, outdir, name, bootsecrets):
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/big", SecretString="x" * 300)
+    secret = [{"path": "big", "ref": f"{name}/big"}]
+    r = bootsecrets(aws_manifest(outdir, imds, moto, secret, settings="max_secret_bytes = 299"))
+    assert r.code == 1 and "300 bytes, larger than 299 bytes" in r.stderr, r
+    assert "secret `big`" in r.stderr and r.elapsed < 15
+    r = bootsecrets(aws_manifest(outdir, imds, moto, secret, settings="max_response_bytes = 200"))
+    assert r.code == 1 and "larger than 200 bytes" in r.stderr and r.elapsed < 15, r
+    assert published(outdir) == {}
+    r = bootsecrets(aws_manifest(outdir, imds, moto, secret, settings="max_secret_bytes = 300"))
+    assert r.code == 0, r

@@ -422,3 +422,12 @@ def test_check_validates_vault_settings_offline(outdir, credfile, bootsecrets, t
                                                      "field": "f"}]), command="check")
     assert r.code == 0, r
     assert "vault at https://vault.example.com" in r.stdout + r.stderr
+
+
+def test_oversize_vault_response_is_refused(bao, kv, outdir, credfile, bootsecrets):
+    bao.put(kv, "big", {"v": "y" * 500})
+    _, auth = token_auth(credfile, bao, [kv])
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, [{"path": "v", "ref": f"{kv}/big"}],
+                                   settings="max_response_bytes = 300"))
+    assert r.code == 1 and "larger than 300 bytes" in r.stderr and r.elapsed < 15, r
+    assert published(outdir) == {}

@@ -5,15 +5,12 @@
 //! are only matched against known phrases to pick a message; they are never echoed.
 
 use super::VaultConfig;
-use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
+use crate::error::{FetchError, TooLarge, describe_io, find_io_error, is_tls_error};
 use crate::secret::{Secret, SecretString};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
 use std::time::Duration;
 use zeroize::Zeroizing;
-
-/// Largest Vault answer read; anything longer is refused, not buffered.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
 
 pub fn is_loopback(u: &Url) -> bool {
     match u.host() {
@@ -166,13 +163,14 @@ pub struct Api {
     base: String,
     namespace: Option<String>,
     token: Option<SecretString>,
+    max_body: usize,
 }
 
 impl Api {
     /// Builds the client. With `tls_server_name`, requests are addressed to that name (SNI,
     /// certificate check and `Host`) while connecting to the addresses of `address`'s host,
     /// resolved here: a resolver failure is transient.
-    pub async fn new(cfg: &VaultConfig) -> Result<Api, FetchError> {
+    pub async fn new(cfg: &VaultConfig, max_body: u64) -> Result<Api, FetchError> {
         let url = Url::parse(&cfg.address)
             .map_err(|_| FetchError::permanent("the Vault address is not a valid URL"))?;
         let mut b = reqwest::Client::builder()
@@ -224,6 +222,7 @@ impl Api {
             base: base.as_str().trim_end_matches('/').to_string(),
             namespace: cfg.namespace.clone(),
             token: None,
+            max_body: max_body as usize,
         })
     }
 
@@ -275,10 +274,13 @@ impl Api {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        if resp.content_length().is_some_and(|n| n > MAX_BODY as u64) {
-            return Err(FetchError::permanent(format!(
-                "{what}: the answer is larger than {MAX_BODY} bytes"
-            )));
+        let too_large =
+            || FetchError::permanent(format!("{what}: {}", TooLarge(self.max_body as u64)));
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            return Err(too_large());
         }
         let mut body = Zeroizing::new(Vec::new());
         while let Some(chunk) = resp
@@ -286,10 +288,8 @@ impl Api {
             .await
             .map_err(|e| classify_transport(&e, what))?
         {
-            if body.len() + chunk.len() > MAX_BODY {
-                return Err(FetchError::permanent(format!(
-                    "{what}: the answer is larger than {MAX_BODY} bytes"
-                )));
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }

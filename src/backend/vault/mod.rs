@@ -323,9 +323,10 @@ impl VaultBackend {
         name: &str,
         cfg: &VaultConfig,
         deadline: &Deadline,
+        limits: &crate::plan::Limits,
     ) -> Result<Self, RetryError> {
         let api = retry(&format!("backend `{name}`: Vault client"), deadline, |_| {
-            Api::new(cfg)
+            Api::new(cfg, limits.max_response)
         })
         .await?;
         let mut client = vaultrs_client(cfg, &api).map_err(RetryError::Permanent)?;
