@@ -5,6 +5,8 @@ pub mod backend;
 pub mod cli;
 pub mod error;
 pub mod extract;
+#[cfg(any(feature = "azure", feature = "gcp"))]
+pub mod http;
 pub mod hygiene;
 pub mod identity;
 pub mod logging;

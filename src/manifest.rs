@@ -41,6 +41,8 @@ pub struct Settings {
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum BackendEntry {
     Aws(AwsEntry),
+    Azure(AzureEntry),
+    Gcp(GcpEntry),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -53,6 +55,32 @@ pub struct AwsEntry {
     pub use_fips: Option<bool>,
     pub timeout_seconds: Option<u64>,
     pub allow_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureEntry {
+    pub vault_url: Option<String>,
+    pub vault_address: Option<String>,
+    pub ca_bundle: Option<String>,
+    pub resource: Option<String>,
+    pub client_id: Option<String>,
+    pub object_id: Option<String>,
+    pub resource_id: Option<String>,
+    pub imds_endpoint: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpEntry {
+    pub project: Option<String>,
+    pub location: Option<String>,
+    pub endpoint: Option<String>,
+    pub allow_http: Option<bool>,
+    pub metadata_endpoint: Option<String>,
+    pub service_account: Option<String>,
+    pub timeout_seconds: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

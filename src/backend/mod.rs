@@ -7,6 +7,10 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 
 use crate::error::FetchError;
 use crate::manifest::{BackendEntry, SecretEntry};
@@ -19,6 +23,10 @@ use crate::secret::Secret;
 pub enum BackendConfig {
     #[cfg(feature = "aws")]
     Aws(aws::AwsConfig),
+    #[cfg(feature = "azure")]
+    Azure(azure::AzureConfig),
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::GcpConfig),
 }
 
 /// One secret's reference in its backend's terms.
@@ -26,12 +34,20 @@ pub enum BackendConfig {
 pub enum SecretRef {
     #[cfg(feature = "aws")]
     Aws(aws::AwsSecretRef),
+    #[cfg(feature = "azure")]
+    Azure(azure::AzureSecretRef),
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::GcpSecretRef),
 }
 
 /// A connected backend, ready to fetch.
 pub enum Backend {
     #[cfg(feature = "aws")]
     Aws(aws::AwsBackend),
+    #[cfg(feature = "azure")]
+    Azure(azure::AzureBackend),
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::GcpBackend),
 }
 
 /// A fetched value and the version the backend served, if it says.
@@ -66,6 +82,14 @@ pub fn plan_backend(e: &BackendEntry, env: EnvLookup<'_>) -> Result<BackendConfi
     match e {
         #[cfg(feature = "aws")]
         BackendEntry::Aws(a) => aws::plan(a, env).map(BackendConfig::Aws),
+        #[cfg(feature = "azure")]
+        BackendEntry::Azure(a) => azure::plan(a, env).map(BackendConfig::Azure),
+        #[cfg(feature = "gcp")]
+        BackendEntry::Gcp(g) => gcp::plan(g, env).map(BackendConfig::Gcp),
+        #[allow(unreachable_patterns)]
+        _ => Err(vec![
+            "this backend type is not compiled into this build of bootsecrets".to_string(),
+        ]),
     }
 }
 
@@ -73,6 +97,10 @@ pub fn plan_secret(cfg: &BackendConfig, e: &SecretEntry) -> Result<SecretRef, Ve
     match cfg {
         #[cfg(feature = "aws")]
         BackendConfig::Aws(_) => aws::plan_secret(e).map(SecretRef::Aws),
+        #[cfg(feature = "azure")]
+        BackendConfig::Azure(_) => azure::plan_secret(e).map(SecretRef::Azure),
+        #[cfg(feature = "gcp")]
+        BackendConfig::Gcp(c) => gcp::plan_secret(c, e).map(SecretRef::Gcp),
     }
 }
 
@@ -81,6 +109,10 @@ impl BackendConfig {
         match self {
             #[cfg(feature = "aws")]
             BackendConfig::Aws(_) => "aws",
+            #[cfg(feature = "azure")]
+            BackendConfig::Azure(_) => "azure",
+            #[cfg(feature = "gcp")]
+            BackendConfig::Gcp(_) => "gcp",
         }
     }
 
@@ -88,6 +120,10 @@ impl BackendConfig {
         match self {
             #[cfg(feature = "aws")]
             BackendConfig::Aws(c) => c.describe(),
+            #[cfg(feature = "azure")]
+            BackendConfig::Azure(c) => c.describe(),
+            #[cfg(feature = "gcp")]
+            BackendConfig::Gcp(c) => c.describe(),
         }
     }
 }
@@ -97,6 +133,10 @@ impl SecretRef {
         match self {
             #[cfg(feature = "aws")]
             SecretRef::Aws(r) => r.describe(),
+            #[cfg(feature = "azure")]
+            SecretRef::Azure(r) => r.describe(),
+            #[cfg(feature = "gcp")]
+            SecretRef::Gcp(r) => r.describe(),
         }
     }
 }
@@ -113,6 +153,14 @@ impl Backend {
             BackendConfig::Aws(c) => aws::AwsBackend::connect(name, c, deadline)
                 .await
                 .map(Backend::Aws),
+            #[cfg(feature = "azure")]
+            BackendConfig::Azure(c) => azure::AzureBackend::connect(name, c, deadline)
+                .await
+                .map(Backend::Azure),
+            #[cfg(feature = "gcp")]
+            BackendConfig::Gcp(c) => gcp::GcpBackend::connect(name, c, deadline)
+                .await
+                .map(Backend::Gcp),
         }
     }
 
@@ -124,6 +172,20 @@ impl Backend {
                 .fetch(r)
                 .await
                 .map(|(value, version)| Fetched { value, version }),
+            #[cfg(feature = "azure")]
+            (Backend::Azure(b), SecretRef::Azure(r)) => b
+                .fetch(r)
+                .await
+                .map(|(value, version)| Fetched { value, version }),
+            #[cfg(feature = "gcp")]
+            (Backend::Gcp(b), SecretRef::Gcp(r)) => b
+                .fetch(r)
+                .await
+                .map(|(value, version)| Fetched { value, version }),
+            #[allow(unreachable_patterns)]
+            _ => Err(FetchError::permanent(
+                "internal error: a secret was planned for another backend type",
+            )),
         }
     }
 }

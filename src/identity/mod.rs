@@ -6,3 +6,7 @@
 
 #[cfg(feature = "aws")]
 pub mod aws_imds;
+#[cfg(feature = "azure")]
+pub mod azure_imds;
+#[cfg(feature = "gcp")]
+pub mod gce_metadata;
