@@ -185,7 +185,9 @@ pub fn plan_secret(cfg: &GcpConfig, e: &SecretEntry) -> Result<GcpSecretRef, Vec
     let mut errors = super::foreign_keys(e, "gcp", &["version"]);
     let r = e.reference.as_str();
     let parts: Vec<&str> = r.split('/').collect();
-    let parsed: Option<(Option<&str>, Option<&str>, &str, Option<&str>)> = match parts.as_slice() {
+    // (project, location, secret, version), each as written in `ref`.
+    type Parts<'a> = (Option<&'a str>, Option<&'a str>, &'a str, Option<&'a str>);
+    let parsed: Option<Parts<'_>> = match parts.as_slice() {
         [s] => Some((None, None, s, None)),
         ["projects", p, "secrets", s] => Some((Some(p), None, s, None)),
         ["projects", p, "secrets", s, "versions", v] => Some((Some(p), None, s, Some(v))),
