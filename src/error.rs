@@ -120,7 +120,7 @@ pub fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&
 
 /// True when the chain holds a TLS failure (certificate, protocol): retrying cannot help. Seen
 /// from the SDK's HTTPS client as `io::Error(Other, io::Error(InvalidData, rustls::Error))`.
-#[cfg(any(feature = "aws", feature = "vault"))]
+#[cfg(any(feature = "aws", feature = "vault", feature = "azure", feature = "gcp"))]
 pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     find_in_chain(err, &mut |e| e.downcast_ref::<rustls::Error>().map(|_| ())).is_some()
 }

@@ -6,6 +6,8 @@ pub mod cli;
 pub mod credfile;
 pub mod error;
 pub mod extract;
+#[cfg(any(feature = "azure", feature = "gcp"))]
+pub mod http;
 pub mod hygiene;
 pub mod identity;
 pub mod logging;

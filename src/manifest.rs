@@ -44,6 +44,8 @@ pub struct Settings {
 pub enum BackendEntry {
     Aws(AwsEntry),
     Vault(VaultEntry),
+    Azure(AzureEntry),
+    Gcp(GcpEntry),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -119,6 +121,32 @@ pub struct VaultAwsAuth {
     pub imds_endpoint: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureEntry {
+    pub vault_url: Option<String>,
+    pub vault_address: Option<String>,
+    pub ca_bundle: Option<String>,
+    pub resource: Option<String>,
+    pub client_id: Option<String>,
+    pub object_id: Option<String>,
+    pub resource_id: Option<String>,
+    pub imds_endpoint: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcpEntry {
+    pub project: Option<String>,
+    pub location: Option<String>,
+    pub endpoint: Option<String>,
+    pub allow_http: Option<bool>,
+    pub metadata_endpoint: Option<String>,
+    pub service_account: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretEntry {
@@ -145,6 +173,8 @@ impl BackendEntry {
         match self {
             BackendEntry::Aws(_) => "aws",
             BackendEntry::Vault(_) => "vault",
+            BackendEntry::Azure(_) => "azure",
+            BackendEntry::Gcp(_) => "gcp",
         }
     }
 }

@@ -7,6 +7,10 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 #[cfg(feature = "vault")]
 pub mod vault;
 
@@ -23,6 +27,10 @@ pub enum BackendConfig {
     Aws(aws::AwsConfig),
     #[cfg(feature = "vault")]
     Vault(vault::VaultConfig),
+    #[cfg(feature = "azure")]
+    Azure(azure::AzureConfig),
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::GcpConfig),
 }
 
 /// One secret's reference in its backend's terms.
@@ -32,6 +40,10 @@ pub enum SecretRef {
     Aws(aws::AwsSecretRef),
     #[cfg(feature = "vault")]
     Vault(vault::VaultSecretRef),
+    #[cfg(feature = "azure")]
+    Azure(azure::AzureSecretRef),
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::GcpSecretRef),
 }
 
 /// A connected backend, ready to fetch.
@@ -40,6 +52,10 @@ pub enum Backend {
     Aws(aws::AwsBackend),
     #[cfg(feature = "vault")]
     Vault(Box<vault::VaultBackend>),
+    #[cfg(feature = "azure")]
+    Azure(azure::AzureBackend),
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::GcpBackend),
 }
 
 /// A fetched value and the version the backend served, if it says.
@@ -76,6 +92,10 @@ pub fn plan_backend(e: &BackendEntry, env: EnvLookup<'_>) -> Result<BackendConfi
         BackendEntry::Aws(a) => aws::plan(a, env).map(BackendConfig::Aws),
         #[cfg(feature = "vault")]
         BackendEntry::Vault(v) => vault::plan(v, env).map(BackendConfig::Vault),
+        #[cfg(feature = "azure")]
+        BackendEntry::Azure(a) => azure::plan(a, env).map(BackendConfig::Azure),
+        #[cfg(feature = "gcp")]
+        BackendEntry::Gcp(g) => gcp::plan(g, env).map(BackendConfig::Gcp),
         #[allow(unreachable_patterns)]
         other => Err(vec![format!(
             "backend type \"{}\" is not built into this binary (cargo feature `{}`)",
@@ -91,6 +111,10 @@ pub fn plan_secret(cfg: &BackendConfig, e: &SecretEntry) -> Result<SecretRef, Ve
         BackendConfig::Aws(_) => aws::plan_secret(e).map(SecretRef::Aws),
         #[cfg(feature = "vault")]
         BackendConfig::Vault(_) => vault::plan_secret(e).map(SecretRef::Vault),
+        #[cfg(feature = "azure")]
+        BackendConfig::Azure(_) => azure::plan_secret(e).map(SecretRef::Azure),
+        #[cfg(feature = "gcp")]
+        BackendConfig::Gcp(c) => gcp::plan_secret(c, e).map(SecretRef::Gcp),
     }
 }
 
@@ -101,6 +125,10 @@ impl BackendConfig {
             BackendConfig::Aws(_) => "aws",
             #[cfg(feature = "vault")]
             BackendConfig::Vault(_) => "vault",
+            #[cfg(feature = "azure")]
+            BackendConfig::Azure(_) => "azure",
+            #[cfg(feature = "gcp")]
+            BackendConfig::Gcp(_) => "gcp",
         }
     }
 
@@ -110,6 +138,10 @@ impl BackendConfig {
             BackendConfig::Aws(c) => c.describe(),
             #[cfg(feature = "vault")]
             BackendConfig::Vault(c) => c.describe(),
+            #[cfg(feature = "azure")]
+            BackendConfig::Azure(c) => c.describe(),
+            #[cfg(feature = "gcp")]
+            BackendConfig::Gcp(c) => c.describe(),
         }
     }
 }
@@ -121,6 +153,10 @@ impl SecretRef {
             SecretRef::Aws(r) => r.describe(),
             #[cfg(feature = "vault")]
             SecretRef::Vault(r) => r.describe(),
+            #[cfg(feature = "azure")]
+            SecretRef::Azure(r) => r.describe(),
+            #[cfg(feature = "gcp")]
+            SecretRef::Gcp(r) => r.describe(),
         }
     }
 }
@@ -142,37 +178,44 @@ impl Backend {
             BackendConfig::Vault(c) => vault::VaultBackend::connect(name, c, deadline, limits)
                 .await
                 .map(|b| Backend::Vault(Box::new(b))),
+            #[cfg(feature = "azure")]
+            BackendConfig::Azure(c) => azure::AzureBackend::connect(name, c, deadline)
+                .await
+                .map(Backend::Azure),
+            #[cfg(feature = "gcp")]
+            BackendConfig::Gcp(c) => gcp::GcpBackend::connect(name, c, deadline)
+                .await
+                .map(Backend::Gcp),
         }
     }
 
     /// One fetch attempt; the caller retries transient errors.
     pub async fn fetch(&self, r: &SecretRef) -> Result<Fetched, FetchError> {
-        match (self, r) {
+        let fetched = match (self, r) {
             #[cfg(feature = "aws")]
-            (Backend::Aws(b), SecretRef::Aws(r)) => b
-                .fetch(r)
-                .await
-                .map(|(value, version)| Fetched { value, version }),
+            (Backend::Aws(b), SecretRef::Aws(r)) => b.fetch(r).await,
             #[cfg(feature = "vault")]
-            (Backend::Vault(b), SecretRef::Vault(r)) => b
-                .fetch(r)
-                .await
-                .map(|(value, version)| Fetched { value, version }),
+            (Backend::Vault(b), SecretRef::Vault(r)) => b.fetch(r).await,
+            #[cfg(feature = "azure")]
+            (Backend::Azure(b), SecretRef::Azure(r)) => b.fetch(r).await,
+            #[cfg(feature = "gcp")]
+            (Backend::Gcp(b), SecretRef::Gcp(r)) => b.fetch(r).await,
             #[allow(unreachable_patterns)]
             _ => Err(FetchError::permanent(
                 "internal error: a secret was routed to a backend of another type",
             )),
-        }
+        };
+        fetched.map(|(value, version)| Fetched { value, version })
     }
 
     /// Ends the run's use of the backend (Vault: revokes the token it logged in with). Never
     /// fails the run.
     pub async fn finish(&self) {
         match self {
-            #[cfg(feature = "aws")]
-            Backend::Aws(_) => {}
             #[cfg(feature = "vault")]
             Backend::Vault(b) => b.finish().await,
+            #[allow(unreachable_patterns)]
+            _ => {}
         }
     }
 }

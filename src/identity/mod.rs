@@ -6,3 +6,7 @@
 
 #[cfg(any(feature = "aws", feature = "vault"))]
 pub mod aws_imds;
+#[cfg(feature = "azure")]
+pub mod azure_imds;
+#[cfg(feature = "gcp")]
+pub mod gce_metadata;

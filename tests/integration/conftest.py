@@ -14,7 +14,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.azure import AzureImdsDouble, KeyVaultDouble  # noqa: E402
+from support.gce import GceMetadataDouble, SecretManagerDouble  # noqa: E402
 from support.imds import ImdsDouble  # noqa: E402
+from support.tlsca import TestCA  # noqa: E402
 from support.moto import Moto  # noqa: E402
 from support.openbao import OpenBao  # noqa: E402
 
@@ -141,10 +144,10 @@ def bootsecrets(tmp_path):
     """Runs the built binary with a manifest text; never with a secret in argv or env."""
     assert BIN.exists(), f"{BIN} is missing: build it first (cargo build)"
 
-    def run(manifest: str, *args: str, command: str = "run", timeout: float = 120):
+    def run(manifest: str, *args: str, command: str = "run", timeout: float = 120, env=None):
         mpath = tmp_path / "manifest.toml"
         mpath.write_text(manifest)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path)}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **(env or {})}
         start = time.monotonic()
         proc = subprocess.run(
             [str(BIN), command, "--manifest", str(mpath), *args],
@@ -173,6 +176,121 @@ imds_endpoint = "{imds.url}"
     for s in secrets:
         body += "\n[[secret]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in s.items())
     return body
+
+
+def _started(factory_list):
+    def stop_all():
+        for d in factory_list:
+            d.stop()
+    return stop_all
+
+
+@pytest.fixture
+def azure_imds_factory():
+    started = []
+
+    def make(**kw):
+        d = AzureImdsDouble(**kw).start()
+        started.append(d)
+        return d
+
+    yield make
+    _started(started)()
+
+
+@pytest.fixture
+def azure_imds(azure_imds_factory):
+    return azure_imds_factory()
+
+
+@pytest.fixture
+def test_ca(tmp_path):
+    return TestCA(tmp_path / "ca")
+
+
+@pytest.fixture
+def key_vault_factory(test_ca):
+    started = []
+
+    def make(imds, **kw):
+        d = KeyVaultDouble(imds, test_ca, **kw).start()
+        started.append(d)
+        return d
+
+    yield make
+    _started(started)()
+
+
+@pytest.fixture
+def key_vault(key_vault_factory, azure_imds):
+    return key_vault_factory(azure_imds)
+
+
+@pytest.fixture
+def gce_metadata_factory():
+    started = []
+
+    def make(**kw):
+        d = GceMetadataDouble(**kw).start()
+        started.append(d)
+        return d
+
+    yield make
+    _started(started)()
+
+
+@pytest.fixture
+def gce_metadata(gce_metadata_factory):
+    return gce_metadata_factory()
+
+
+@pytest.fixture
+def secret_manager(gce_metadata):
+    d = SecretManagerDouble(gce_metadata).start()
+    yield d
+    d.stop()
+
+
+def secrets_toml(secrets):
+    body = ""
+    for s in secrets:
+        body += "\n[[secret]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in s.items())
+    return body
+
+
+def azure_manifest(outdir, imds, kv, secrets, *, settings="", backend_extra="", ca=True):
+    """A manifest with one azure backend: the Key Vault double reached by its real-looking host
+    name through `vault_address`, trusted through `ca_bundle`, and the IMDS double."""
+    ca_line = f'ca_bundle = "{kv.ca_path}"' if ca else ""
+    return f"""
+[settings]
+output_root = "{outdir}"
+{settings}
+
+[backend.kv]
+type = "azure"
+vault_url = "{kv.vault_url}"
+vault_address = "127.0.0.1"
+{ca_line}
+imds_endpoint = "{imds.url}"
+{backend_extra}
+""" + secrets_toml(secrets)
+
+
+def gcp_manifest(outdir, md, sm, secrets, *, settings="", backend_extra="", project=None):
+    project_line = f'project = "{project}"' if project else ""
+    return f"""
+[settings]
+output_root = "{outdir}"
+{settings}
+
+[backend.gcp]
+type = "gcp"
+endpoint = "{sm.url}"
+metadata_endpoint = "{md.url}"
+{project_line}
+{backend_extra}
+""" + secrets_toml(secrets)
 
 
 def toml_value(v):

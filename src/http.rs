@@ -1,0 +1,140 @@
+//! Small plain-HTTP helpers for the metadata clients (`identity::azure_imds`,
+//! `identity::gce_metadata`) and the HTTPS client the Azure backend hands to its SDK.
+//!
+//! Everything here uses the `reqwest` the cloud SDKs already pull in (one copy in the graph), with
+//! rustls and never a proxy: a metadata endpoint must be reached directly, and an HTTP proxy
+//! would see the tokens.
+
+use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
+use std::time::Duration;
+use zeroize::Zeroizing;
+
+/// Largest response body read from a metadata server (tokens and small JSON documents).
+pub const MAX_METADATA_BODY: usize = 256 * 1024;
+
+/// A client for a link-local metadata server: no proxy (environment variables are ignored), no
+/// redirects, `timeout` for the whole request and at most 2 s to connect.
+pub fn metadata_client(timeout: Duration) -> Result<reqwest::Client, FetchError> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(timeout.min(Duration::from_secs(2)))
+        .timeout(timeout)
+        .build()
+        .map_err(|_| FetchError::permanent("cannot set up the HTTP client"))
+}
+
+/// Reads a response body into a zeroizing buffer, refusing more than `limit` bytes. The chunks
+/// `reqwest` hands out are its own buffers and are freed without zeroing (see docs/design.md).
+pub async fn read_body(
+    mut resp: reqwest::Response,
+    limit: usize,
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>, FetchError> {
+    let mut out = Zeroizing::new(Vec::new());
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                if out.len() + chunk.len() > limit {
+                    return Err(FetchError::permanent(format!(
+                        "{what}: the response is larger than {limit} bytes"
+                    )));
+                }
+                // Grow by hand so the old buffer is zeroed before it is freed.
+                if out.capacity() < out.len() + chunk.len() {
+                    let mut bigger =
+                        Zeroizing::new(Vec::with_capacity((out.len() + chunk.len()).max(4096)));
+                    bigger.extend_from_slice(&out);
+                    out = bigger;
+                }
+                out.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(out),
+            Err(e) => return Err(transport_error(&e, what)),
+        }
+    }
+}
+
+/// Classifies a `reqwest` transport error (no HTTP status): TLS failures are permanent,
+/// everything else (refused, reset, timeouts, DNS not ready) is transient.
+pub fn transport_error(err: &reqwest::Error, what: &str) -> FetchError {
+    if is_tls_error(err) {
+        return FetchError::permanent(format!(
+            "{what}: TLS handshake failed (certificate or protocol error)"
+        ));
+    }
+    if err.is_builder() {
+        return FetchError::permanent(format!("{what}: the request could not be built"));
+    }
+    let detail = if err.is_timeout() {
+        "timed out"
+    } else if let Some(io) = find_io_error(err) {
+        describe_io(io)
+    } else if err.is_connect() {
+        "connection failed"
+    } else {
+        "connection lost"
+    };
+    FetchError::transient(format!("{what}: {detail}"))
+}
+
+/// A server's `Retry-After` in seconds, if it gave one.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// An error code taken from a response, reduced to a short token of `[A-Za-z0-9_.]` so that
+/// nothing else from a body can reach a message.
+pub fn sanitize_code(s: &str) -> Option<String> {
+    let c: String = s
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '.')
+        .take(64)
+        .collect();
+    (!c.is_empty()).then_some(c)
+}
+
+/// True for `http(s)://` URLs whose host is a loopback address or `localhost`.
+pub fn is_loopback_url(u: &str) -> bool {
+    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_reduced_to_a_token() {
+        assert_eq!(
+            sanitize_code("invalid_request").as_deref(),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            sanitize_code("ForbiddenByRbac: caller x").as_deref(),
+            Some("ForbiddenByRbac")
+        );
+        assert_eq!(sanitize_code(" leading"), None);
+        assert_eq!(sanitize_code(&"a".repeat(100)).unwrap().len(), 64);
+    }
+}
