@@ -6,7 +6,7 @@ pub mod cli;
 pub mod credfile;
 pub mod error;
 pub mod extract;
-#[cfg(any(feature = "azure", feature = "gcp"))]
+#[cfg(any(feature = "azure", feature = "gcp", feature = "vault"))]
 pub mod http;
 pub mod hygiene;
 pub mod identity;

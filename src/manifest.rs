@@ -83,6 +83,8 @@ pub enum VaultAuthEntry {
     Jwt(VaultJwtAuth),
     Kubernetes(VaultJwtAuth),
     Aws(VaultAwsAuth),
+    Azure(VaultAzureAuth),
+    Gcp(VaultGcpAuth),
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +121,29 @@ pub struct VaultAwsAuth {
     pub sts_endpoint: Option<String>,
     pub sts_region: Option<String>,
     pub imds_endpoint: Option<String>,
+}
+
+/// `method = "azure"`: a managed-identity token plus the VM's names from Azure IMDS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultAzureAuth {
+    pub mount: Option<String>,
+    pub role: String,
+    pub resource: Option<String>,
+    pub client_id: Option<String>,
+    pub object_id: Option<String>,
+    pub resource_id: Option<String>,
+    pub imds_endpoint: Option<String>,
+}
+
+/// `method = "gcp"`: the GCE metadata server's identity token for `vault/ROLE`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultGcpAuth {
+    pub mount: Option<String>,
+    pub role: String,
+    pub service_account: Option<String>,
+    pub metadata_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

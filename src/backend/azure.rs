@@ -9,7 +9,7 @@
 
 use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
 use crate::http::sanitize_code;
-use crate::identity::azure_imds::{self, AzureImdsSettings, UserAssignedId};
+use crate::identity::azure_imds::{self, AzureImdsSettings};
 use crate::manifest::{AzureEntry, SecretEntry};
 use crate::plan::EnvLookup;
 use crate::retry::{Deadline, RetryError, retry};
@@ -157,42 +157,14 @@ pub fn plan(e: &AzureEntry, _env: EnvLookup<'_>) -> Result<AzureConfig, Vec<Stri
             }
         },
     };
-    let ids: Vec<UserAssignedId> = [
-        e.client_id.clone().map(UserAssignedId::ClientId),
-        e.object_id.clone().map(UserAssignedId::ObjectId),
-        e.resource_id.clone().map(UserAssignedId::ResourceId),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if ids.len() > 1 {
-        errors.push(
-            "client_id, object_id and resource_id each select a user-assigned identity: set at \
-             most one"
-                .to_string(),
-        );
-    }
-    for id in &ids {
-        let ok = match id {
-            UserAssignedId::ClientId(v) | UserAssignedId::ObjectId(v) => is_guid(v),
-            UserAssignedId::ResourceId(v) => {
-                v.starts_with("/subscriptions/")
-                    && v.to_ascii_lowercase()
-                        .contains("/providers/microsoft.managedidentity/userassignedidentities/")
-                    && !v.chars().any(|c| c.is_whitespace() || c == '?' || c == '&')
-            }
-        };
-        if !ok {
-            errors.push(match id {
-                UserAssignedId::ClientId(v) => format!("client_id `{v}` is not a GUID"),
-                UserAssignedId::ObjectId(v) => format!("object_id `{v}` is not a GUID"),
-                UserAssignedId::ResourceId(v) => format!(
-                    "resource_id `{v}` is not a user-assigned identity's resource id \
-                     (/subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME)"
-                ),
-            });
-        }
-    }
+    let identity = azure_imds::user_assigned(
+        e.client_id.as_deref(),
+        e.object_id.as_deref(),
+        e.resource_id.as_deref(),
+    )
+    .map_err(|errs| errors.extend(errs))
+    .ok()
+    .flatten();
     let imds_endpoint = e
         .imds_endpoint
         .clone()
@@ -223,18 +195,10 @@ pub fn plan(e: &AzureEntry, _env: EnvLookup<'_>) -> Result<AzureConfig, Vec<Stri
         imds: AzureImdsSettings {
             endpoint: imds_endpoint.trim_end_matches('/').to_string(),
             timeout: timeout.min(Duration::from_secs(5)),
-            identity: ids.into_iter().next(),
+            identity,
         },
         timeout,
     })
-}
-
-fn is_guid(s: &str) -> bool {
-    let parts: Vec<&str> = s.split('-').collect();
-    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
-        && parts
-            .iter()
-            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 pub fn plan_secret(e: &SecretEntry) -> Result<AzureSecretRef, Vec<String>> {
@@ -700,7 +664,10 @@ mod tests {
 
         let c =
             entry(|e| e.client_id = Some("11111111-2222-3333-4444-555555555555".into())).unwrap();
-        assert!(matches!(c.imds.identity, Some(UserAssignedId::ClientId(_))));
+        assert!(matches!(
+            c.imds.identity,
+            Some(azure_imds::UserAssignedId::ClientId(_))
+        ));
 
         let err = |f: fn(&mut AzureEntry)| entry(f).unwrap_err().join("\n");
         assert!(err(|e| e.vault_url = None).contains("vault_url is required"));

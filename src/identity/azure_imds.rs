@@ -48,6 +48,66 @@ impl UserAssignedId {
     }
 }
 
+/// The user-assigned identity the manifest's `client_id`, `object_id` or `resource_id` selects
+/// (at most one may be set), validated; None selects the system-assigned identity.
+pub fn user_assigned(
+    client_id: Option<&str>,
+    object_id: Option<&str>,
+    resource_id: Option<&str>,
+) -> Result<Option<UserAssignedId>, Vec<String>> {
+    let mut errors = Vec::new();
+    let ids: Vec<UserAssignedId> = [
+        client_id.map(|v| UserAssignedId::ClientId(v.to_string())),
+        object_id.map(|v| UserAssignedId::ObjectId(v.to_string())),
+        resource_id.map(|v| UserAssignedId::ResourceId(v.to_string())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if ids.len() > 1 {
+        errors.push(
+            "client_id, object_id and resource_id each select a user-assigned identity: set at \
+             most one"
+                .to_string(),
+        );
+    }
+    for id in &ids {
+        let ok = match id {
+            UserAssignedId::ClientId(v) | UserAssignedId::ObjectId(v) => is_guid(v),
+            UserAssignedId::ResourceId(v) => {
+                v.starts_with("/subscriptions/")
+                    && v.to_ascii_lowercase()
+                        .contains("/providers/microsoft.managedidentity/userassignedidentities/")
+                    && !v.chars().any(|c| c.is_whitespace() || c == '?' || c == '&')
+            }
+        };
+        if !ok {
+            errors.push(match id {
+                UserAssignedId::ClientId(v) => format!("client_id `{v}` is not a GUID"),
+                UserAssignedId::ObjectId(v) => format!("object_id `{v}` is not a GUID"),
+                UserAssignedId::ResourceId(v) => format!(
+                    "resource_id `{v}` is not a user-assigned identity's resource id \
+                     (/subscriptions/.../providers/Microsoft.ManagedIdentity/userAssignedIdentities/NAME)"
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        Ok(ids.into_iter().next())
+    } else {
+        Err(errors)
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in hex digits.
+pub fn is_guid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 /// Where and how to reach Azure IMDS, and which identity to ask for.
 #[derive(Debug, Clone)]
 pub struct AzureImdsSettings {

@@ -6,7 +6,7 @@
 
 #[cfg(any(feature = "aws", feature = "vault"))]
 pub mod aws_imds;
-#[cfg(feature = "azure")]
+#[cfg(any(feature = "azure", feature = "vault"))]
 pub mod azure_imds;
-#[cfg(feature = "gcp")]
+#[cfg(any(feature = "gcp", feature = "vault"))]
 pub mod gce_metadata;

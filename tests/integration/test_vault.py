@@ -174,9 +174,9 @@ def test_custom_ca_and_tls_server_name(bao_factory, outdir, credfile, bootsecret
     # ...a name it does not carry fails at once, as does a server the system roots do not know.
     r = bootsecrets(vault_manifest(outdir, b.url, auth, secret,
                                    backend_extra=ca + '\ntls_server_name = "vault.example.com"'))
-    assert r.code == 1 and "TLS failed" in r.stderr and r.elapsed < 15, r
+    assert r.code == 1 and "TLS handshake failed" in r.stderr and r.elapsed < 15, r
     r = bootsecrets(vault_manifest(outdir, b.url, auth, secret))
-    assert r.code == 1 and "TLS failed" in r.stderr and r.elapsed < 15, r
+    assert r.code == 1 and "TLS handshake failed" in r.stderr and r.elapsed < 15, r
 
 
 def test_approle_with_inline_role_id_file_secret_id_and_revocation(
@@ -431,3 +431,92 @@ def test_oversize_vault_response_is_refused(bao, kv, outdir, credfile, bootsecre
                                    settings="max_response_bytes = 300"))
     assert r.code == 1 and "larger than 300 bytes" in r.stderr and r.elapsed < 15, r
     assert published(outdir) == {}
+
+
+def test_azure_login_with_the_managed_identity(bao, kv, azure_imds, outdir, bootsecrets):
+    """Vault's azure method, stood in for by OpenBao's jwt method mounted at auth/azure: it
+    verifies the IMDS double's managed-identity JWT (audience, issuer, and the VM's resource id
+    in `xms_mirid`). The extra fields of the azure body are checked by a unit test."""
+    mount = f"azure-{uuid.uuid4().hex[:6]}"
+    bao.enable_auth(mount, "jwt")
+    bao.api("POST", f"auth/{mount}/config", {
+        "jwt_validation_pubkeys": [azure_imds.public_pem()],
+        "bound_issuer": f"https://sts.windows.net/{azure_imds.tenant}/"})
+    bao.api("POST", f"auth/{mount}/role/node", {
+        "role_type": "jwt", "user_claim": "sub",
+        "bound_audiences": ["https://management.azure.com/"],
+        "bound_claims": {"xms_mirid": azure_imds.vm_resource_id},
+        "token_policies": [kv], "token_ttl": "10m"})
+    bao.put(kv, "k", {"v": "azure-login-value"})
+    auth = {"method": "azure", "mount": mount, "role": "node", "imds_endpoint": azure_imds.url}
+    before = accessors(bao)
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, [{"path": "v", "ref": f"{kv}/k",
+                                                            "field": "v"}]))
+    assert r.code == 0, r
+    assert (outdir / "v").read_bytes() == b"azure-login-value"
+    assert accessors(bao) == before
+    assert azure_imds.tokens_for("https://management.azure.com/"), "token for Vault's resource"
+    for t in azure_imds.handed_out:
+        assert t not in r.output
+
+    # A role bound to another VM refuses this one, permanently.
+    bao.api("POST", f"auth/{mount}/role/other", {
+        "role_type": "jwt", "user_claim": "sub",
+        "bound_audiences": ["https://management.azure.com/"],
+        "bound_claims": {"xms_mirid": "/subscriptions/x/resourceGroups/y/providers/"
+                                      "Microsoft.Compute/virtualMachines/other"},
+        "token_policies": [kv]})
+    auth["role"] = "other"
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, [{"path": "v", "ref": f"{kv}/k"}]))
+    assert r.code == 1 and "login with azure" in r.stderr and r.elapsed < 15, r
+
+
+def test_azure_login_waits_for_the_identity_to_be_assigned(bao, kv, azure_imds_factory, outdir,
+                                                          bootsecrets):
+    imds = azure_imds_factory(not_assigned_for=3)
+    mount = f"azure-{uuid.uuid4().hex[:6]}"
+    bao.enable_auth(mount, "jwt")
+    bao.api("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [imds.public_pem()]})
+    bao.api("POST", f"auth/{mount}/role/node", {
+        "role_type": "jwt", "user_claim": "sub",
+        "bound_audiences": ["https://management.azure.com/"], "token_policies": [kv]})
+    bao.put(kv, "k", {"v": "late-identity"})
+    r = bootsecrets(vault_manifest(outdir, bao.url, {
+        "method": "azure", "mount": mount, "role": "node", "imds_endpoint": imds.url},
+        [{"path": "v", "ref": f"{kv}/k", "field": "v"}], settings="deadline_seconds = 30"))
+    assert r.code == 0, r
+    assert r.elapsed >= 2.5 and imds.not_assigned_answers > 0, r
+
+
+def test_gcp_login_with_the_instance_identity_token(bao, kv, gce_metadata, outdir, bootsecrets):
+    """Vault's gcp method, stood in for by OpenBao's jwt method at auth/gcp: it verifies the
+    metadata server's identity JWT for audience `vault/ROLE` (format=full)."""
+    mount = f"gcp-{uuid.uuid4().hex[:6]}"
+    bao.enable_auth(mount, "jwt")
+    bao.api("POST", f"auth/{mount}/config", {
+        "jwt_validation_pubkeys": [gce_metadata.public_pem()],
+        "bound_issuer": "https://accounts.google.com"})
+    bao.api("POST", f"auth/{mount}/role/node", {
+        "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault/node"],
+        "bound_claims": {"email": gce_metadata.email("node"),
+                         "/google/compute_engine/project_id": gce_metadata.project_id},
+        "token_policies": [kv], "token_ttl": "10m"})
+    bao.put(kv, "k", {"v": "gcp-login-value"})
+    auth = {"method": "gcp", "mount": mount, "role": "node",
+            "metadata_endpoint": gce_metadata.url}
+    before = accessors(bao)
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, [{"path": "v", "ref": f"{kv}/k",
+                                                            "field": "v"}]))
+    assert r.code == 0, r
+    assert (outdir / "v").read_bytes() == b"gcp-login-value"
+    assert accessors(bao) == before
+    for t in gce_metadata.handed_out:
+        assert t not in r.output
+
+    # The audience names the role: a token asked for another role does not open this one.
+    bao.api("POST", f"auth/{mount}/role/other", {
+        "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["vault/node"],
+        "token_policies": [kv]})
+    auth["role"] = "other"
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, [{"path": "v", "ref": f"{kv}/k"}]))
+    assert r.code == 1 and "login with gcp" in r.stderr and r.elapsed < 15, r

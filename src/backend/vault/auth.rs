@@ -8,6 +8,8 @@ use super::http::{Api, classify_vaultrs};
 use crate::credfile;
 use crate::error::FetchError;
 use crate::identity::aws_imds::{self, ImdsSettings, InstanceIdentity};
+use crate::identity::azure_imds::{self, AzureImdsSettings};
+use crate::identity::gce_metadata::{self, GceMetadataSettings};
 use crate::manifest::VaultAuthEntry;
 use crate::plan::EnvLookup;
 use crate::secret::SecretString;
@@ -21,6 +23,8 @@ use zeroize::Zeroizing;
 pub const KUBERNETES_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
 pub const STS_ENDPOINT: &str = "https://sts.amazonaws.com";
 pub const STS_REGION: &str = "us-east-1";
+/// The resource Vault's azure method is commonly configured with.
+pub const AZURE_RESOURCE: &str = "https://management.azure.com/";
 /// The STS call Vault's aws method replays.
 pub const GET_CALLER_IDENTITY: &str = "Action=GetCallerIdentity&Version=2011-06-15";
 const FORM: &str = "application/x-www-form-urlencoded; charset=utf-8";
@@ -61,6 +65,17 @@ pub enum AuthConfig {
         sts_endpoint: String,
         sts_region: String,
         imds: ImdsSettings,
+    },
+    Azure {
+        mount: String,
+        role: String,
+        resource: String,
+        imds: AzureImdsSettings,
+    },
+    Gcp {
+        mount: String,
+        role: String,
+        metadata: GceMetadataSettings,
     },
 }
 
@@ -215,12 +230,81 @@ pub fn plan(e: &VaultAuthEntry, _env: EnvLookup<'_>) -> Result<AuthConfig, Vec<S
                 },
             }
         }
+        VaultAuthEntry::Azure(a) => {
+            let resource = a.resource.clone().unwrap_or_else(|| AZURE_RESOURCE.into());
+            if !url_ok(&resource) {
+                errors.push(format!("auth resource `{resource}` is not a URL"));
+            }
+            let identity = azure_imds::user_assigned(
+                a.client_id.as_deref(),
+                a.object_id.as_deref(),
+                a.resource_id.as_deref(),
+            )
+            .map_err(|errs| errors.extend(errs.into_iter().map(|e| format!("auth {e}"))))
+            .ok()
+            .flatten();
+            let endpoint = endpoint(
+                &a.imds_endpoint,
+                azure_imds::DEFAULT_ENDPOINT,
+                "imds_endpoint",
+                &mut errors,
+            );
+            AuthConfig::Azure {
+                mount: mount(&a.mount, "azure", &mut errors),
+                role: role(&Some(a.role.clone()), true, &mut errors).unwrap_or_default(),
+                resource,
+                imds: AzureImdsSettings {
+                    endpoint,
+                    timeout: azure_imds::DEFAULT_TIMEOUT,
+                    identity,
+                },
+            }
+        }
+        VaultAuthEntry::Gcp(g) => {
+            let service_account = g
+                .service_account
+                .clone()
+                .unwrap_or_else(|| gce_metadata::DEFAULT_SERVICE_ACCOUNT.into());
+            if !gce_metadata::valid_service_account(&service_account) {
+                errors.push(format!(
+                    "auth service_account `{service_account}` is not `default` or an email"
+                ));
+            }
+            let endpoint = endpoint(
+                &g.metadata_endpoint,
+                gce_metadata::DEFAULT_ENDPOINT,
+                "metadata_endpoint",
+                &mut errors,
+            );
+            AuthConfig::Gcp {
+                mount: mount(&g.mount, "gcp", &mut errors),
+                role: role(&Some(g.role.clone()), true, &mut errors).unwrap_or_default(),
+                metadata: GceMetadataSettings {
+                    endpoint,
+                    timeout: gce_metadata::DEFAULT_TIMEOUT,
+                    service_account,
+                },
+            }
+        }
     };
     if errors.is_empty() {
         Ok(cfg)
     } else {
         Err(errors)
     }
+}
+
+/// A metadata endpoint setting, validated, without a trailing slash.
+fn endpoint(v: &Option<String>, default: &str, key: &str, errors: &mut Vec<String>) -> String {
+    let e = v
+        .as_deref()
+        .unwrap_or(default)
+        .trim_end_matches('/')
+        .to_string();
+    if !url_ok(&e) {
+        errors.push(format!("auth {key} `{e}` is not an http:// URL"));
+    }
+    e
 }
 
 impl AuthConfig {
@@ -231,6 +315,8 @@ impl AuthConfig {
             AuthConfig::Jwt { .. } => "jwt",
             AuthConfig::Kubernetes { .. } => "kubernetes",
             AuthConfig::Aws { .. } => "aws",
+            AuthConfig::Azure { .. } => "azure",
+            AuthConfig::Gcp { .. } => "gcp",
         }
     }
 
@@ -288,6 +374,27 @@ impl AuthConfig {
                     .map(|s| format!(" with server ID {s}"))
                     .unwrap_or_default(),
                 imds.endpoint
+            ),
+            AuthConfig::Azure {
+                mount,
+                role,
+                resource,
+                imds,
+            } => format!(
+                "azure at auth/{mount}, role {role}, managed-identity token for {resource} ({}) from Azure IMDS at {}",
+                imds.identity
+                    .as_ref()
+                    .map(|i| i.describe())
+                    .unwrap_or_else(|| "system-assigned identity".into()),
+                imds.endpoint
+            ),
+            AuthConfig::Gcp {
+                mount,
+                role,
+                metadata,
+            } => format!(
+                "gcp at auth/{mount}, role {role}, identity token (audience vault/{role}) of service account {} from {}",
+                metadata.service_account, metadata.endpoint
             ),
         }
     }
@@ -407,7 +514,91 @@ pub async fn login(
                 .map_err(|e| classify_vaultrs(&e, &what))?;
             take_token(info, &what)
         }
+        AuthConfig::Azure {
+            mount,
+            role,
+            resource,
+            imds,
+        } => {
+            let what = format!("login with azure at auth/{mount}");
+            let token = imds.token(resource).await?;
+            let vm = imds.compute().await?;
+            let body = Zeroizing::new(azure_login_body(role, &token.token, &vm)?);
+            let resp = api
+                .post(&format!("auth/{mount}/login"), body.to_vec(), &what)
+                .await?;
+            login_answer(&resp, &what)
+        }
+        AuthConfig::Gcp {
+            mount,
+            role,
+            metadata,
+        } => {
+            let what = format!("login with gcp at auth/{mount}");
+            let jwt = metadata
+                .identity_token(&format!("vault/{role}"), true)
+                .await?;
+            let info = vaultrs::auth::oidc::login(client, mount, jwt.expose(), Some(role.clone()))
+                .await
+                .map_err(|e| classify_vaultrs(&e, &what))?;
+            take_token(info, &what)
+        }
     }
+}
+
+/// Vault's azure login body: the managed-identity JWT, the role, and the VM's subscription,
+/// resource group and VM or scale-set name from instance metadata (Vault checks them against
+/// the token's `xms_mirid` and the role's bindings).
+pub fn azure_login_body(
+    role: &str,
+    jwt: &SecretString,
+    vm: &azure_imds::ComputeMetadata,
+) -> Result<Vec<u8>, FetchError> {
+    let mut body = serde_json::Map::new();
+    body.insert("role".into(), role.into());
+    body.insert("jwt".into(), jwt.expose().into());
+    body.insert("subscription_id".into(), vm.subscription_id.clone().into());
+    body.insert(
+        "resource_group_name".into(),
+        vm.resource_group_name.clone().into(),
+    );
+    match &vm.vm_scale_set_name {
+        Some(ss) => body.insert("vmss_name".into(), ss.clone().into()),
+        None => body.insert("vm_name".into(), vm.name.clone().into()),
+    };
+    let out = serde_json::to_vec(&body)
+        .map_err(|_| FetchError::permanent("encoding the azure login request failed"));
+    // The map's copy of the JWT is freed here; zero what we can reach.
+    if let Some(serde_json::Value::String(s)) = body.get_mut("jwt") {
+        zeroize::Zeroize::zeroize(s);
+    }
+    out
+}
+
+/// The token of a login answered directly (not through `vaultrs`).
+fn login_answer(resp: &super::http::Response, what: &str) -> Result<SecretString, FetchError> {
+    if resp.code != 200 {
+        return Err(resp.error(what));
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        auth: Option<AnswerAuth>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AnswerAuth {
+        client_token: SecretString,
+    }
+    let token = serde_json::from_slice::<Answer>(resp.body.expose())
+        .ok()
+        .and_then(|a| a.auth)
+        .map(|a| a.client_token)
+        .ok_or_else(|| FetchError::permanent(format!("{what}: Vault's answer has no token")))?;
+    if token.expose().is_empty() || !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(FetchError::permanent(format!(
+            "{what}: Vault returned no usable token"
+        )));
+    }
+    Ok(token)
 }
 
 #[derive(serde::Deserialize)]
@@ -649,6 +840,29 @@ mod tests {
                 .unwrap()
                 .contains("/eu-west-1/sts/aws4_request")
         );
+    }
+
+    #[test]
+    fn azure_login_body_names_the_vm_or_its_scale_set() {
+        let jwt = SecretString::new("eyJ.jwt.sig".into());
+        let mut vm = azure_imds::ComputeMetadata {
+            subscription_id: "sub-1".into(),
+            resource_group_name: "rg-1".into(),
+            name: "node-0".into(),
+            vm_scale_set_name: None,
+        };
+        let body: serde_json::Value =
+            serde_json::from_slice(&azure_login_body("worker", &jwt, &vm).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"role": "worker", "jwt": "eyJ.jwt.sig", "subscription_id": "sub-1",
+                               "resource_group_name": "rg-1", "vm_name": "node-0"})
+        );
+        vm.vm_scale_set_name = Some("pool-a".into());
+        let body: serde_json::Value =
+            serde_json::from_slice(&azure_login_body("worker", &jwt, &vm).unwrap()).unwrap();
+        assert_eq!(body["vmss_name"], "pool-a");
+        assert!(body.get("vm_name").is_none());
     }
 
     #[test]

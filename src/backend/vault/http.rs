@@ -5,12 +5,11 @@
 //! are only matched against known phrases to pick a message; they are never echoed.
 
 use super::VaultConfig;
-use crate::error::{FetchError, TooLarge, describe_io, find_io_error, is_tls_error};
+use crate::error::{FetchError, TooLarge, describe_io, is_tls_error};
 use crate::secret::{Secret, SecretString};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
 use std::time::Duration;
-use zeroize::Zeroizing;
 
 pub fn is_loopback(u: &Url) -> bool {
     match u.host() {
@@ -99,26 +98,15 @@ pub fn classify_status(code: u16, errors: &[String], what: &str) -> FetchError {
     }
 }
 
-/// Transient or permanent, for a transport failure.
+/// Transient or permanent, for a transport failure: [`crate::http::transport_error`], with a
+/// pointer to the settings that fix a TLS failure.
 pub fn classify_transport(e: &reqwest::Error, what: &str) -> FetchError {
+    let mut f = crate::http::transport_error(e, what);
     if is_tls_error(e) {
-        return FetchError::permanent(format!(
-            "{what}: TLS failed (certificate not trusted, or not valid for the host name: see \
-             ca_file and tls_server_name)"
-        ));
+        f.message +=
+            " (is Vault's CA in ca_file? does its certificate name the host, or tls_server_name?)";
     }
-    let cause = if e.is_timeout() {
-        "timed out"
-    } else if let Some(io) = find_io_error(e) {
-        describe_io(io)
-    } else if e.is_connect() {
-        "cannot connect"
-    } else if e.is_body() || e.is_decode() {
-        "connection broke while reading the answer"
-    } else {
-        "request failed"
-    };
-    FetchError::transient(format!("{what}: {cause}"))
+    f
 }
 
 /// Transient or permanent, for an error from `vaultrs`.
@@ -262,7 +250,7 @@ impl Api {
         token: Option<&SecretString>,
         what: &str,
     ) -> Result<Response, FetchError> {
-        let mut resp = req
+        let resp = req
             .headers(self.headers(token))
             .send()
             .await
@@ -282,17 +270,7 @@ impl Api {
         {
             return Err(too_large());
         }
-        let mut body = Zeroizing::new(Vec::new());
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| classify_transport(&e, what))?
-        {
-            if body.len() + chunk.len() > self.max_body {
-                return Err(too_large());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let mut body = crate::http::read_body(resp, self.max_body, what).await?;
         let status = match code {
             200 => Status::Ok,
             404 => Status::NotFound,
@@ -309,6 +287,22 @@ impl Api {
     pub async fn get(&self, path: &str, what: &str) -> Result<Response, FetchError> {
         let url = format!("{}/v1/{path}", self.base);
         self.send(self.http.get(url), None, what).await
+    }
+
+    /// POSTs a JSON body with the client's token, if it has one (none during a login).
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        what: &str,
+    ) -> Result<Response, FetchError> {
+        let url = format!("{}/v1/{path}", self.base);
+        let req = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        self.send(req, None, what).await
     }
 
     /// POSTs a JSON body with `token` as the request's token. reqwest owns the body once sent and
