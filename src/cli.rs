@@ -74,6 +74,9 @@ pub struct RenderArgs {
     /// Also install a kubelet.service drop-in that requires bootsecrets (for a kubelet unit you do not own).
     #[arg(long)]
     pub kubelet_dropin: bool,
+    /// Also install bootsecrets-refresh.service and enable bootsecrets-refresh.timer (hourly refresh, on_change actions).
+    #[arg(long)]
+    pub refresh: bool,
 }
 
 #[derive(Debug, Default, Args)]
@@ -117,6 +120,7 @@ fn render_cmd(cli: &Cli, args: &RenderArgs) -> ExitCode {
                 binary_sha512: args.binary_sha512.clone(),
                 manifest,
                 kubelet_dropin: args.kubelet_dropin,
+                refresh: args.refresh,
             };
             match args.format {
                 RenderFormat::Butane => render::butane(&install),

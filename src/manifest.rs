@@ -190,6 +190,7 @@ pub struct SecretEntry {
     pub mode: Option<String>,
     pub owner: Option<String>,
     pub group: Option<String>,
+    pub on_change: Option<Vec<String>>,
 }
 
 impl BackendEntry {

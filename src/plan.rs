@@ -125,6 +125,8 @@ pub struct SecretPlan {
     pub mode: u32,
     pub owner: Principal,
     pub group: Principal,
+    /// A command (argv) run after a refresh changed this secret.
+    pub on_change: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -637,6 +639,19 @@ fn plan_secret(
     if e.json_key.as_deref() == Some("") {
         errors.push("json_key must not be empty".into());
     }
+    if let Some(argv) = &e.on_change {
+        match argv.first() {
+            None => errors.push("on_change must name a command (a non-empty list)".into()),
+            Some(cmd) if !cmd.starts_with('/') => errors.push(format!(
+                "on_change command `{cmd}` must be an absolute path (no PATH lookup), e.g. \
+                 \"/usr/bin/systemctl\""
+            )),
+            Some(_) if argv.iter().any(|a| a.contains('\0')) => {
+                errors.push("on_change arguments must not contain NUL".into())
+            }
+            Some(_) => {}
+        }
+    }
     let mode = match e.mode.as_deref().map(parse_mode) {
         None => default_mode,
         Some(Ok(m)) => m,
@@ -672,6 +687,7 @@ fn plan_secret(
             mode,
             owner,
             group,
+            on_change: e.on_change.clone(),
         }),
         _ => Err(errors),
     }

@@ -13,6 +13,10 @@ use std::fmt::Write;
 pub const UNIT: &str = include_str!("../units/bootsecrets.service");
 pub const KUBELET_DROPIN: &str = include_str!("../units/kubelet.service.d/10-bootsecrets.conf");
 pub const UNIT_NAME: &str = "bootsecrets.service";
+pub const REFRESH_UNIT: &str = include_str!("../units/bootsecrets-refresh.service");
+pub const REFRESH_TIMER: &str = include_str!("../units/bootsecrets-refresh.timer");
+pub const REFRESH_UNIT_NAME: &str = "bootsecrets-refresh.service";
+pub const REFRESH_TIMER_NAME: &str = "bootsecrets-refresh.timer";
 pub const KUBELET_DROPIN_NAME: &str = "10-bootsecrets.conf";
 pub const BINARY_PATH: &str = "/opt/bin/bootsecrets";
 pub const MANIFEST_PATH: &str = "/etc/bootsecrets/manifest.toml";
@@ -45,6 +49,8 @@ pub struct Install {
     pub manifest: String,
     /// Also install the kubelet drop-in (for a kubelet.service owned by someone else).
     pub kubelet_dropin: bool,
+    /// Also install bootsecrets-refresh.service and enable its timer.
+    pub refresh: bool,
 }
 
 impl Install {
@@ -114,6 +120,15 @@ pub fn butane(i: &Install) -> Result<String> {
         "systemd:\n  units:\n    - name: {UNIT_NAME}\n      enabled: true\n      contents: |"
     );
     block(&mut o, 8, UNIT);
+    if i.refresh {
+        let _ = writeln!(o, "    - name: {REFRESH_UNIT_NAME}\n      contents: |");
+        block(&mut o, 8, REFRESH_UNIT);
+        let _ = writeln!(
+            o,
+            "    - name: {REFRESH_TIMER_NAME}\n      enabled: true\n      contents: |"
+        );
+        block(&mut o, 8, REFRESH_TIMER);
+    }
     if i.kubelet_dropin {
         let _ = writeln!(
             o,
@@ -163,6 +178,15 @@ pub fn ignition(i: &Install) -> Result<String> {
     unit.enabled = Some(true);
     unit.contents = Some(UNIT.to_string());
     let mut units = vec![unit];
+    if i.refresh {
+        let mut service = ign::Unit::new(REFRESH_UNIT_NAME.into());
+        service.contents = Some(REFRESH_UNIT.to_string());
+        let mut timer = ign::Unit::new(REFRESH_TIMER_NAME.into());
+        timer.enabled = Some(true);
+        timer.contents = Some(REFRESH_TIMER.to_string());
+        units.push(service);
+        units.push(timer);
+    }
     if i.kubelet_dropin {
         let mut kubelet = ign::Unit::new("kubelet.service".into());
         let mut dropin = ign::Dropin::new(KUBELET_DROPIN_NAME.into());

@@ -147,7 +147,11 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     .map_err(RunError::Failed)?;
 
     let result = connect_fetch_publish(plan, &deadline, &root).await;
-    let status = status_of(plan, &root, &result, started, start.elapsed());
+    let actions = match &result {
+        Ok((done, publication)) => run_actions(plan, done, publication).await,
+        Err(_) => Vec::new(),
+    };
+    let status = status_of(plan, &root, &result, &actions, started, start.elapsed());
     match serde_json::to_vec_pretty(&status) {
         Ok(json) => {
             if let Err(e) = root.write_status(&json) {
@@ -157,6 +161,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         Err(e) => log::warn!("cannot encode the status file: {e}"),
     }
     let (done, publication) = result?;
+    let failed: Vec<&Action> = actions.iter().filter(|a| !a.ok).collect();
 
     let mut bytes = 0;
     for (d, changed) in done.iter().zip(&publication.changed) {
@@ -187,6 +192,16 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         bytes,
         elapsed: start.elapsed(),
     };
+    if !failed.is_empty() {
+        return Err(RunError::Failed(anyhow!(
+            "the secrets were published, but on_change command(s) failed: {}",
+            failed
+                .iter()
+                .map(|a| format!("`{}` ({})", a.command, a.result))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     if publication.any_change() {
         log::info!(
             "done: {} secret(s), {} bytes published in {} in {} ms",
@@ -259,11 +274,91 @@ async fn connect_fetch_publish(
     result
 }
 
+/// An `on_change` command that ran, and how it ended.
+pub struct Action {
+    pub command: String,
+    pub result: String,
+    pub ok: bool,
+}
+
+/// Longest an `on_change` command may run.
+pub const ACTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the `on_change` commands of the secrets a refresh changed: only when a previous set was
+/// published (never on the first publication, at boot), each distinct command once, in manifest
+/// order. Commands get an empty environment but for `PATH`, no stdin, and the unit's stdout and
+/// stderr (the journal); no value or token reaches them.
+async fn run_actions(plan: &Plan, done: &[Done], publication: &Publication) -> Vec<Action> {
+    if !publication.previous {
+        return Vec::new();
+    }
+    let mut commands: Vec<&Vec<String>> = Vec::new();
+    for (d, changed) in done.iter().zip(&publication.changed) {
+        if let Some(argv) = &plan.secrets[d.index].on_change
+            && *changed
+            && !commands.contains(&argv)
+        {
+            commands.push(argv);
+        }
+    }
+    let mut out = Vec::new();
+    for argv in commands {
+        let command = argv.join(" ");
+        log::info!("running on_change command `{command}`");
+        let child = tokio::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env_clear()
+            .env(
+                "PATH",
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            )
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn();
+        let (ok, result) = match child {
+            Err(e) => (
+                false,
+                format!("cannot start: {}", crate::error::describe_io(&e)),
+            ),
+            Ok(mut c) => match tokio::time::timeout(ACTION_TIMEOUT, c.wait()).await {
+                Err(_) => (
+                    false,
+                    format!("killed after {} s", ACTION_TIMEOUT.as_secs()),
+                ),
+                Ok(Err(e)) => (
+                    false,
+                    format!("cannot wait: {}", crate::error::describe_io(&e)),
+                ),
+                Ok(Ok(st)) if st.success() => (true, "exit 0".to_string()),
+                Ok(Ok(st)) => (
+                    false,
+                    match st.code() {
+                        Some(c) => format!("exit {c}"),
+                        None => "killed by a signal".to_string(),
+                    },
+                ),
+            },
+        };
+        if ok {
+            log::info!("on_change command `{command}` succeeded");
+        } else {
+            log::error!("on_change command `{command}` failed: {result}");
+        }
+        out.push(Action {
+            command,
+            result,
+            ok,
+        });
+    }
+    out
+}
+
 /// The status file's content for this run's outcome.
 fn status_of(
     plan: &Plan,
     root: &OutputRoot,
     result: &Result<(Vec<Done>, Publication), RunError>,
+    actions: &[Action],
     started: SystemTime,
     took: Duration,
 ) -> status::Status {
@@ -277,7 +372,18 @@ fn status_of(
         error: None,
         changed: Vec::new(),
         removed: Vec::new(),
+        actions: actions
+            .iter()
+            .map(|a| status::ActionStatus {
+                command: a.command.clone(),
+                result: a.result.clone(),
+            })
+            .collect(),
     };
+    if actions.iter().any(|a| !a.ok) {
+        run.exit_code = 1;
+        run.error = Some("the secrets were published, but on_change command(s) failed".into());
+    }
     let secrets = match result {
         Ok((done, publication)) => {
             if !publication.any_change() {

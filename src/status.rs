@@ -34,6 +34,15 @@ pub struct RunStatus {
     pub changed: Vec<String>,
     /// Paths the run removed from the set.
     pub removed: Vec<String>,
+    /// The `on_change` commands this run ran, with how each ended.
+    pub actions: Vec<ActionStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActionStatus {
+    pub command: String,
+    /// `exit 0`, `exit N`, `killed by a signal`, `killed after 60 s` or `cannot start: ...`.
+    pub result: String,
 }
 
 /// One published file.

@@ -24,6 +24,7 @@ fn snippets_are_generated_from_the_units_and_up_to_date() {
             binary_sha512: EXAMPLE_SHA512.into(),
             manifest: manifest.clone(),
             kubelet_dropin: false,
+            refresh: false,
         };
         for (file, text) in [
             ("bootsecrets.bu", render::butane(&install).unwrap()),
@@ -47,23 +48,37 @@ fn snippets_are_generated_from_the_units_and_up_to_date() {
 #[test]
 fn the_unit_text_comes_from_units_only() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    assert_eq!(
-        render::UNIT,
-        std::fs::read_to_string(root.join("units/bootsecrets.service")).unwrap()
-    );
+    for (text, file) in [
+        (render::UNIT, "units/bootsecrets.service"),
+        (render::REFRESH_UNIT, "units/bootsecrets-refresh.service"),
+        (render::REFRESH_TIMER, "units/bootsecrets-refresh.timer"),
+    ] {
+        assert_eq!(text, std::fs::read_to_string(root.join(file)).unwrap());
+    }
     let install = Install {
         variant: Variant::Fcos,
         binary_url: EXAMPLE_URL.into(),
         binary_sha512: EXAMPLE_SHA512.into(),
         manifest: "[settings]\n".into(),
         kubelet_dropin: true,
+        refresh: true,
     };
     let ign: serde_json::Value =
         serde_json::from_str(&render::ignition(&install).unwrap()).unwrap();
     assert_eq!(ign["ignition"]["version"], "3.3.0");
     assert_eq!(ign["systemd"]["units"][0]["contents"], render::UNIT);
     assert_eq!(
-        ign["systemd"]["units"][1]["dropins"][0]["contents"],
+        ign["systemd"]["units"][1]["name"],
+        render::REFRESH_UNIT_NAME
+    );
+    assert_eq!(ign["systemd"]["units"][1]["contents"], render::REFRESH_UNIT);
+    assert_eq!(
+        ign["systemd"]["units"][2]["name"],
+        render::REFRESH_TIMER_NAME
+    );
+    assert_eq!(ign["systemd"]["units"][2]["enabled"], true);
+    assert_eq!(
+        ign["systemd"]["units"][3]["dropins"][0]["contents"],
         render::KUBELET_DROPIN
     );
     assert_eq!(
@@ -80,6 +95,7 @@ fn bad_inputs_are_refused() {
         binary_sha512: "abc".into(),
         manifest: "[settings]\n".into(),
         kubelet_dropin: false,
+        refresh: false,
     };
     assert!(render::butane(&i).is_err());
     i.binary_sha512 = EXAMPLE_SHA512.into();

@@ -93,6 +93,7 @@ ref = "{name}/token"
 mode = "0440"
 owner = "nobody"
 group = "nogroup"
+on_change = ["/usr/bin/systemctl", "try-reload-or-restart", "consumer.service"]
 
 [[secret]]
 path = "db/password"
@@ -101,22 +102,31 @@ json_key = "password"
 """
 
 
-def ignition_config(tmp, name, sha512, deadline=90):
+def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False):
     mpath = tmp / "manifest.toml"
     mpath.write_text(manifest(name, deadline))
     r = subprocess.run([str(HOST_BIN), "render", "ignition", "--variant", "flatcar",
                         "--binary-url", f"http://{BINARY_GUEST}/bootsecrets", "--binary-sha512", sha512,
-                        "--manifest", str(mpath)], capture_output=True, text=True, check=True)
+                        "--manifest", str(mpath), "--refresh"], capture_output=True, text=True,
+                       check=True)
     cfg = json.loads(r.stdout)
-    for script in ("kubelet-standin", "boot-report"):
+    if refresh_probe:
+        cfg["storage"]["files"].append({"path": "/etc/bootsecrets/refresh-probe", "mode": 0o644,
+                                        "contents": {"source": data_url("")}})
+    for script in ("kubelet-standin", "boot-report", "refresh-probe", "consumer-standin"):
         cfg["storage"]["files"].append({"path": f"/opt/bin/{script}", "mode": 0o755,
                                         "contents": {"source": data_url((HERE / "guest" / script).read_text())}})
     cfg["systemd"]["units"] += [
         {"name": "kubelet.service", "enabled": True, "contents":
             "[Unit]\nDescription=kubelet stand-in\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
             "ExecStart=/opt/bin/kubelet-standin\n[Install]\nWantedBy=multi-user.target\n"},
+        {"name": "consumer.service", "enabled": True, "contents":
+            "[Unit]\nDescription=a consumer of the token\nAfter=kubelet.service\n"
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/opt/bin/consumer-standin\n"
+            "[Install]\nWantedBy=multi-user.target\n"},
         {"name": "boot-report.service", "enabled": True, "contents":
-            "[Unit]\nDescription=report to the host\nAfter=bootsecrets.service kubelet.service\n"
+            "[Unit]\nDescription=report to the host\n"
+            "After=bootsecrets.service kubelet.service consumer.service\n"
             "[Service]\nType=oneshot\nExecStart=/opt/bin/boot-report\n[Install]\nWantedBy=multi-user.target\n"},
     ]
     path = tmp / "config.ign"
@@ -184,9 +194,11 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
     port, sha512 = binary_server
     name = f"boot-{uuid.uuid4().hex[:8]}"
     seed(moto, name)
+    moto.client("secretsmanager").create_secret(Name=f"{name}/token-next",
+                                                SecretString="boot-token-next")
     imds = ImdsDouble(moto).start()
     try:
-        cfg = ignition_config(tmp_path, name, sha512)
+        cfg = ignition_config(tmp_path, name, sha512, refresh_probe=True)
         fwd = [(BINARY_GUEST, port), (MOTO_GUEST, moto.port), (IMDS_GUEST, imds.port)]
         rep = boot(image, tmp_path, cfg, fwd, "first")
         assert rep.prop("bootsecrets", "Result") == "success", rep
@@ -198,6 +210,17 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         assert any("done: 2 secret(s)" in j for j in rep.starting("journal-bootsecrets")), rep
         assert rep.starting("status-outcome") == ["published"], rep
         assert rep.starting("failed-unit") == [], rep
+        # Refresh without a reboot: the timer is enabled; the refresh service published the
+        # token's next value and its on_change command restarted the consumer, from the sandbox.
+        assert rep.starting("refresh-start-exit") == ["0"], rep
+        assert rep.prop("refresh", "Result") == "success", rep
+        assert rep.prop("refresh-timer", "ActiveState") == "active", rep
+        assert rep.prop("refresh-timer", "UnitFileState") == "enabled", rep
+        assert rep.starting("refresh-token")[0].split()[0] == sha("boot-token-next"), rep
+        assert rep.starting("consumer") == [f"run {sha('boot-token-1')}",
+                                            f"run {sha('boot-token-next')}"], rep
+        assert rep.starting("refresh-status") == ["published"], rep
+        assert any("running on_change command" in j for j in rep.starting("journal-refresh")), rep
         probes = rep.starting("probe")
         assert len(probes) == 4 and all(" 000 exit=" in p and "exit=0" not in p for p in probes), rep
         first_boot_id = rep.starting("boot-id")

@@ -29,6 +29,30 @@ def test_unit_security_exposure_is_at_most_2_0():
     assert gate.returncode == 0
 
 
+def test_refresh_units_are_as_hardened_and_verify(tmp_path):
+    unit = ROOT / "units" / "bootsecrets-refresh.service"
+    timer = ROOT / "units" / "bootsecrets-refresh.timer"
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", str(unit)],
+                       capture_output=True, text=True)
+    m = re.search(r"Overall exposure level for bootsecrets-refresh.service: (\d+\.\d+)", r.stdout)
+    assert m and float(m.group(1)) <= 2.0, r.stdout + r.stderr
+    root = tmp_path / "root"
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    etc = root / "etc/systemd/system"
+    etc.mkdir(parents=True)
+    for f in (UNIT, unit, timer):
+        shutil.copy(f, etc)
+    (root / "opt/bin").mkdir(parents=True)
+    shutil.copy(BIN, root / "opt/bin/bootsecrets")
+    r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit.name, timer.name],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r
+    text = unit.read_text()
+    assert "RemainAfterExit" not in text and "Before=kubelet" not in text
+    assert "RuntimeDirectory=" not in text, "the boot unit owns the output directories"
+
+
 def test_unit_and_dropin_verify_silently(tmp_path):
     root = tmp_path / "root"
     (root / "usr/lib/systemd").mkdir(parents=True)

@@ -1,0 +1,66 @@
+"""Refresh: a second run after a rotation publishes the new set and runs the `on_change` commands
+of the secrets that changed; an unchanged run and the first publication run nothing."""
+
+import os
+
+from conftest import aws_manifest, published, status
+
+
+def test_on_change_runs_once_per_command_after_a_change_only(moto, imds, outdir, name,
+                                                              bootsecrets, tmp_path):
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString="a-v1")
+    sm.create_secret(Name=f"{name}/b", SecretString="b-v1")
+    sm.create_secret(Name=f"{name}/c", SecretString="c-v1")
+    log = tmp_path / "actions.log"
+    envdump = tmp_path / "env"
+    record = ["/bin/sh", "-c", f'echo "$0 $1" >> {log}; env > {envdump}', "restart", "consumer"]
+    m = aws_manifest(outdir, imds, moto, [
+        {"path": "a", "ref": f"{name}/a", "on_change": record},
+        {"path": "b", "ref": f"{name}/b", "on_change": record},
+        {"path": "c", "ref": f"{name}/c", "on_change": ["/bin/sh", "-c", f"echo c >> {log}"]},
+    ])
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert not log.exists(), "no command on the first publication (the boot run)"
+    r = bootsecrets(m)
+    assert r.code == 0 and "unchanged" in r.stderr, r
+    assert not log.exists(), "no command when nothing changed"
+
+    sm.put_secret_value(SecretId=f"{name}/a", SecretString="a-v2")
+    sm.put_secret_value(SecretId=f"{name}/b", SecretString="b-v2")
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert log.read_text() == "restart consumer\n", "one run for the two secrets sharing it"
+    assert published(outdir)["a"].read_text() == "a-v2"
+    env = dict(line.split("=", 1) for line in envdump.read_text().splitlines() if "=" in line)
+    assert set(env) - {"PWD", "SHLVL", "_"} == {"PATH"}, env
+    assert "a-v2" not in envdump.read_text()
+    st = status(outdir)
+    assert st["run"]["actions"] == [{"command": " ".join(record), "result": "exit 0"}]
+    assert sorted(st["run"]["changed"]) == ["a", "b"]
+
+
+def test_a_failing_on_change_command_fails_the_run_but_keeps_the_new_set(
+        moto, imds, outdir, name, bootsecrets):
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString="v1")
+    m = aws_manifest(outdir, imds, moto, [
+        {"path": "a", "ref": f"{name}/a", "on_change": ["/bin/false"]}])
+    assert bootsecrets(m).code == 0
+    sm.put_secret_value(SecretId=f"{name}/a", SecretString="v2")
+    r = bootsecrets(m)
+    assert r.code == 1, r
+    assert "published, but on_change command(s) failed: `/bin/false` (exit 1)" in r.stderr, r
+    assert published(outdir)["a"].read_text() == "v2"
+    st = status(outdir)
+    assert st["run"]["exit_code"] == 1 and st["run"]["actions"][0]["result"] == "exit 1"
+    assert [s["path"] for s in st["secrets"]] == ["a"]
+
+
+def test_on_change_must_be_an_absolute_command(moto, imds, outdir, name, bootsecrets):
+    r = bootsecrets(aws_manifest(outdir, imds, moto, [
+        {"path": "a", "ref": f"{name}/a", "on_change": ["systemctl", "restart", "x"]}]),
+        command="check")
+    assert r.code == 2 and "must be an absolute path" in r.stderr, r
+    assert not os.path.exists(outdir)
