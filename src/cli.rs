@@ -1,7 +1,7 @@
 //! The command line. Every flag here is documented in docs/cli.md (a test checks it).
 
 use crate::error::RunError;
-use crate::{hygiene, logging, manifest, plan, render, runner};
+use crate::{credfile, hygiene, logging, manifest, plan, render, runner};
 use anyhow::Context;
 use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -34,6 +34,12 @@ pub struct Cli {
     /// Only warnings and errors on stderr.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+
+    /// Development only: accept a manifest and the files it names when owned by the running
+    /// user, and group- or world-writable ones with a warning (default: refused, like sshd's
+    /// StrictModes).
+    #[arg(long, global = true)]
+    pub allow_insecure_permissions: bool,
 
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -167,6 +173,9 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.verbose.saturating_add(env_verbosity()), cli.quiet);
+    if cli.allow_insecure_permissions {
+        credfile::allow_insecure_permissions();
+    }
     match &cli.command {
         Some(Command::Check) => check(&cli),
         Some(Command::Render(args)) => render_cmd(&cli, args),

@@ -1,10 +1,16 @@
 //! Files the manifest points to that hold credentials (a Vault token, an AppRole secret_id, a JWT)
 //! or decide whom to trust (a CA bundle).
 //!
-//! Like sshd's StrictModes: such a file must be a regular file owned by root or by the user
-//! running bootsecrets, writable by nobody else; a credential must also not be readable by other
-//! users. The checks run when the manifest is validated (`check`, and before every `run`) and
-//! again on the opened file descriptor when it is read, so a file swapped in between is caught.
+//! Like sshd's StrictModes: such a file, and the manifest itself, must be a regular file owned by
+//! root and writable by nobody else, in directories owned by root that nobody else can write to
+//! (a sticky world-writable directory such as /tmp is accepted: nobody else can rename or replace
+//! an entry in it); a credential must also not be readable by other users. The checks run when
+//! the manifest is validated (`check`, and before every `run`) and again on the opened file
+//! descriptor when it is read, so a file swapped in between is caught.
+//!
+//! `--allow-insecure-permissions` (development only) also accepts files and directories owned by
+//! the user running bootsecrets, and turns refusals of group- or world-writable ones into
+//! warnings.
 
 use crate::error::FetchError;
 use crate::secret::SecretString;
@@ -14,7 +20,111 @@ use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use zeroize::Zeroizing;
+
+static ALLOW_INSECURE: AtomicBool = AtomicBool::new(false);
+
+/// Development only: relax the ownership and mode checks (see the module documentation).
+pub fn allow_insecure_permissions() {
+    ALLOW_INSECURE.store(true, Ordering::Relaxed);
+}
+
+fn insecure_allowed() -> bool {
+    ALLOW_INSECURE.load(Ordering::Relaxed)
+}
+
+const HINT: &str = "(--allow-insecure-permissions accepts it, for development only)";
+
+/// Owner rule: root, or with the development option also the running user.
+fn owner_ok(uid: u32) -> Result<(), String> {
+    if uid == 0 || (insecure_allowed() && Uid::from_raw(uid) == geteuid()) {
+        return Ok(());
+    }
+    Err(format!("is owned by uid {uid}, not by root {HINT}"))
+}
+
+/// Writable by group or others: refused, or with the development option a warning.
+fn writable_ok(mode: u32, what: &str, sticky_ok: bool) -> Result<(), String> {
+    let m = Mode::from_bits_truncate(mode);
+    if !m.intersects(Mode::S_IWGRP | Mode::S_IWOTH) || (sticky_ok && m.contains(Mode::S_ISVTX)) {
+        return Ok(());
+    }
+    if insecure_allowed() {
+        log::warn!(
+            "{what} is writable by group or others (mode {:04o}); allowed by --allow-insecure-permissions",
+            mode & 0o7777
+        );
+        return Ok(());
+    }
+    Err(format!(
+        "is writable by group or others (mode {:04o}); chmod go-w it {HINT}",
+        mode & 0o7777
+    ))
+}
+
+/// A directory on the way to something bootsecrets trusts: owned by root, not writable by group
+/// or others unless sticky.
+pub fn check_dir(st: &nix::sys::stat::FileStat, shown: &str) -> Result<(), String> {
+    owner_ok(st.st_uid)?;
+    writable_ok(st.st_mode, shown, true)
+}
+
+/// Every directory from `/` down to `path`'s parent must be owned by root and not writable by
+/// group or others, unless sticky.
+pub fn check_ancestors(what: &str, path: &Path) -> Result<(), String> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("{what}: cannot resolve the current directory: {e}"))?
+            .join(path)
+    };
+    let mut dir = abs.clone();
+    let mut chain = Vec::new();
+    while dir.pop() {
+        chain.push(dir.clone());
+    }
+    for d in chain.iter().rev() {
+        let st = nix::sys::stat::stat(d.as_path())
+            .map_err(|e| format!("{what}: cannot examine {}: {e}", d.display()))?;
+        owner_ok(st.st_uid).map_err(|e| format!("{what}: directory {} {e}", d.display()))?;
+        writable_ok(st.st_mode, &format!("directory {}", d.display()), true)
+            .map_err(|e| format!("{what}: directory {} {e}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// Reads a file that decides what bootsecrets does (the manifest): regular, owned by root, not
+/// writable by others, in safe directories. Checked on the opened descriptor.
+pub fn read_trusted(what: &str, path: &Path) -> Result<String, String> {
+    check_ancestors(what, path)?;
+    let f = File::open(path).map_err(|e| {
+        format!(
+            "cannot read {what} {}: {}",
+            path.display(),
+            crate::error::describe_io(&e)
+        )
+    })?;
+    let st =
+        fstat(f.as_fd()).map_err(|e| format!("cannot examine {what} {}: {e}", path.display()))?;
+    check_stat(&st, Kind::Trusted, &format!("{what} {}", path.display()))
+        .map_err(|e| format!("{what} {} {e}", path.display()))?;
+    let mut text = String::new();
+    f.take(MAX_MANIFEST + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    if text.len() as u64 > MAX_MANIFEST {
+        return Err(format!(
+            "{what} {} is larger than {MAX_MANIFEST} bytes",
+            path.display()
+        ));
+    }
+    Ok(text)
+}
+
+/// Largest manifest read.
+pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
 
 /// What a file holds, which decides how strict its mode must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,30 +138,23 @@ pub enum Kind {
 /// Largest credential file read (a Kubernetes service-account JWT is a few KiB).
 pub const MAX_LEN: u64 = 64 * 1024;
 
-fn check_stat(st: &nix::sys::stat::FileStat, kind: Kind) -> Result<(), String> {
+fn check_stat(st: &nix::sys::stat::FileStat, kind: Kind, shown: &str) -> Result<(), String> {
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
         return Err("is not a regular file".into());
     }
-    let me = geteuid();
-    if st.st_uid != 0 && Uid::from_raw(st.st_uid) != me {
-        return Err(format!(
-            "is owned by uid {}, not by root or the user running bootsecrets (uid {me})",
-            st.st_uid
-        ));
-    }
+    owner_ok(st.st_uid)?;
+    writable_ok(st.st_mode, shown, false)?;
     let mode = Mode::from_bits_truncate(st.st_mode);
-    if mode.intersects(Mode::S_IWGRP | Mode::S_IWOTH) {
-        return Err(format!(
-            "is writable by group or others (mode {:04o}); chmod go-w it",
-            st.st_mode & 0o7777
-        ));
-    }
     if kind == Kind::Credential && mode.intersects(Mode::S_IROTH) {
         return Err(format!(
             "holds a credential but is readable by others (mode {:04o}); chmod o-r it",
             st.st_mode & 0o7777
         ));
     }
+    Ok(())
+}
+
+fn check_size(st: &nix::sys::stat::FileStat) -> Result<(), String> {
     if st.st_size as u64 > MAX_LEN {
         return Err(format!("is larger than {MAX_LEN} bytes"));
     }
@@ -71,7 +174,10 @@ pub fn check(what: &str, path: &str, kind: Kind) -> Result<(), String> {
         )
     })?;
     let st = fstat(f.as_fd()).map_err(|e| format!("{what} `{path}` cannot be examined: {e}"))?;
-    check_stat(&st, kind).map_err(|e| format!("{what} `{path}` {e}"))
+    check_stat(&st, kind, path)
+        .and_then(|_| check_size(&st))
+        .map_err(|e| format!("{what} `{path}` {e}"))?;
+    check_ancestors(&format!("{what} `{path}`"), Path::new(path))
 }
 
 /// Reads a credential file, re-checking the opened descriptor. Surrounding whitespace (a trailing
@@ -86,7 +192,8 @@ pub fn read_credential(what: &str, path: &str) -> Result<SecretString, FetchErro
     })?;
     let st = fstat(f.as_fd())
         .map_err(|e| FetchError::permanent(format!("{what} `{path}` cannot be examined: {e}")))?;
-    check_stat(&st, Kind::Credential)
+    check_stat(&st, Kind::Credential, path)
+        .and_then(|_| check_size(&st))
         .map_err(|e| FetchError::permanent(format!("{what} `{path}` {e}")))?;
     let mut buf = Zeroizing::new(Vec::with_capacity(st.st_size.max(0) as usize + 1));
     f.take(MAX_LEN + 1)

@@ -128,6 +128,14 @@ pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
 /// A short, fixed description of a transport-level failure, for messages.
 pub fn describe_io(err: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;
+    // getaddrinfo failures (std's `lookup_host`, which the HTTP clients' resolvers use) carry no
+    // ErrorKind of their own; their text is fixed by std, not by a server.
+    if err
+        .to_string()
+        .starts_with("failed to lookup address information")
+    {
+        return "the host name did not resolve (DNS)";
+    }
     match err.kind() {
         ConnectionRefused => "connection refused",
         ConnectionReset => "connection reset",

@@ -176,8 +176,7 @@ pub fn process_env(name: &str) -> Option<String> {
 
 /// Reads, parses and validates a manifest file.
 pub fn load(path: &Path) -> Result<Plan> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    let text = crate::credfile::read_trusted("manifest", path).map_err(|e| anyhow!(e))?;
     let manifest = crate::manifest::parse(&text)
         .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
         .with_context(|| format!("manifest {} is not valid", path.display()))?;

@@ -91,7 +91,20 @@ where
         let err = match tokio::time::timeout(remaining, op(attempt)).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e,
-            Err(_) => FetchError::transient("attempt cut off by the deadline"),
+            Err(_) => {
+                // The cause worth reporting is what the earlier attempts ran into, not the cut.
+                let cut = "the last attempt was cut off by the deadline";
+                let last = if attempt == 1 {
+                    format!("{cut} (no answer within {} s)", deadline.total().as_secs())
+                } else {
+                    format!("{last}; {cut}")
+                };
+                return Err(RetryError::Deadline {
+                    attempts: attempt,
+                    total: deadline.total(),
+                    last,
+                });
+            }
         };
         if err.class == Class::Permanent {
             return Err(RetryError::Permanent(err));

@@ -150,12 +150,40 @@ impl OutputRoot {
         let mut dir = openat(nix::fcntl::AT_FDCWD, "/", dir_flags(), Mode::empty())
             .context("cannot open /")?;
         let mut shown = PathBuf::from("/");
+        let check = |fd: BorrowedFd<'_>, shown: &Path| -> Result<nix::sys::stat::FileStat> {
+            let st = nix::sys::stat::fstat(fd)
+                .with_context(|| format!("cannot stat {}", shown.display()))?;
+            Ok(st)
+        };
+        let st = check(dir.as_fd(), &shown)?;
+        crate::credfile::check_dir(&st, "/").map_err(|e| anyhow!("/ {e}"))?;
         for c in ancestors {
             shown.push(c);
             dir = open_dir(dir.as_fd(), c, &shown, false)?.0;
+            // A directory someone else controls could swap the root for another between runs.
+            let st = check(dir.as_fd(), &shown)?;
+            crate::credfile::check_dir(&st, &shown.display().to_string()).map_err(|e| {
+                anyhow!(
+                    "output root {}: its ancestor {} {e}",
+                    spec.path.display(),
+                    shown.display()
+                )
+            })?;
         }
         shown.push(last);
-        let (root, _) = open_dir(dir.as_fd(), last, &shown, true)?;
+        let (root, created) = open_dir(dir.as_fd(), last, &shown, true)?;
+        if !created {
+            let st = check(root.as_fd(), &shown)?;
+            let me = nix::unistd::geteuid().as_raw();
+            if st.st_uid != 0 && st.st_uid != spec.uid && st.st_uid != me {
+                bail!(
+                    "output root {} exists and is owned by uid {}, not by root or root_owner: \
+                     someone else may have prepared it; remove it",
+                    shown.display(),
+                    st.st_uid
+                );
+            }
+        }
 
         let fs = nix::sys::statfs::fstatfs(root.as_fd())
             .with_context(|| format!("cannot statfs {}", shown.display()))?;

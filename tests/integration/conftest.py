@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.azure import AzureImdsDouble, KeyVaultDouble  # noqa: E402
 from support.gce import GceMetadataDouble, SecretManagerDouble  # noqa: E402
+from support.faults import FaultProxy  # noqa: E402
 from support.imds import ImdsDouble  # noqa: E402
 from support.tlsca import TestCA  # noqa: E402
 from support.moto import Moto  # noqa: E402
@@ -83,6 +84,22 @@ def imds_factory(moto):
 @pytest.fixture
 def imds(imds_factory):
     return imds_factory()
+
+
+@pytest.fixture
+def fault_proxy():
+    """Starts fault-injecting proxies (tests/support/faults.py) in front of an upstream URL;
+    every one is stopped at the end of the test."""
+    started = []
+
+    def make(upstream: str) -> FaultProxy:
+        p = FaultProxy(upstream).start()
+        started.append(p)
+        return p
+
+    yield make
+    for p in started:
+        p.stop()
 
 
 @pytest.fixture

@@ -12,9 +12,18 @@ Knobs for tests: `v1_only` (the token PUT is not supported, GETs need no token: 
 IMDSv1-only metadata server), `listen_after` (the port refuses connections for that many seconds,
 as at early boot), `corrupt_secret_key` (credentials whose secret key moto will reject),
 `role=None` (no instance profile attached). Every request is recorded in `requests`.
+
+Fault knobs (tests/integration/test_faults.py; all off by default):
+* `hang_token_puts=N`: the first N token PUTs are read and never answered (the connection is held
+  open until the client gives up or the double stops); `math.inf` hangs every one. Hung PUTs are
+  counted in `hung`.
+* `fail_creds_times=N`: the first N GETs under `/latest/meta-data/iam/security-credentials/`
+  (the role listing or the role's credentials) answer `fail_creds_status` (500) with a short
+  body; counted in `failed_creds`.
 """
 
 import json
+import select
 import secrets
 import socket
 import threading
@@ -30,13 +39,19 @@ DOC_PATH = "/latest/dynamic/instance-identity/document"
 
 class ImdsDouble:
     def __init__(self, moto, role="node", region="us-east-1", v1_only=False,
-                 listen_after=0.0, corrupt_secret_key=False, host="127.0.0.1", port=None):
+                 listen_after=0.0, corrupt_secret_key=False, host="127.0.0.1", port=None,
+                 hang_token_puts=0, fail_creds_times=0, fail_creds_status=500):
         self.moto = moto
         self.role = role
         self.region = region
         self.v1_only = v1_only
         self.listen_after = listen_after
         self.corrupt_secret_key = corrupt_secret_key
+        self.hang_token_puts = hang_token_puts
+        self.fail_creds_times = fail_creds_times
+        self.fail_creds_status = fail_creds_status
+        self.hung = 0
+        self.failed_creds = 0
         self.host = host
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
@@ -108,6 +123,12 @@ class ImdsDouble:
         with self.lock:
             self.requests.append((method, path, {k.lower(): v for k, v in h.headers.items()}))
         if method == "PUT":
+            with self.lock:
+                hang = self.hung < self.hang_token_puts
+                if hang:
+                    self.hung += 1
+            if hang:
+                return self._hang(h)
             return self._token(h, path)
         if not self.v1_only:
             tok = h.headers.get("X-aws-ec2-metadata-token")
@@ -115,6 +136,13 @@ class ImdsDouble:
                 exp = self.tokens.get(tok)
             if exp is None or exp < time.monotonic():
                 return self._reply(h, 401, "Unauthorized")
+        if path.startswith(CREDS_PATH):
+            with self.lock:
+                fail = self.failed_creds < self.fail_creds_times
+                if fail:
+                    self.failed_creds += 1
+            if fail:
+                return self._reply(h, self.fail_creds_status, "Internal Server Error")
         if path == CREDS_PATH:
             if self.role is None:
                 return self._reply(h, 404, "Not Found")
@@ -149,6 +177,18 @@ class ImdsDouble:
             self.tokens[tok] = time.monotonic() + int(ttl)
             self.handed_out.append(tok)
         self._reply(h, 200, tok, [("X-aws-ec2-metadata-token-ttl-seconds", ttl)])
+
+    def _hang(self, h):
+        """Never answers: holds the connection until the client closes it or the double stops."""
+        h.close_connection = True
+        conn = h.connection
+        while not self.stopping.wait(0.2):
+            try:
+                readable, _, _ = select.select([conn], [], [], 0)
+                if readable and conn.recv(1, socket.MSG_PEEK) == b"":
+                    return  # the client gave up
+            except OSError:
+                return
 
     def gets_without_token(self):
         return [r for r in self.requests if r[0] == "GET" and "x-aws-ec2-metadata-token" not in r[2]]
