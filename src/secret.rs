@@ -9,12 +9,27 @@
 use std::fmt;
 use zeroize::Zeroizing;
 
+/// Best effort: keeps the pages holding `len` bytes at `ptr` out of swap (`mlock`). Failures
+/// (`RLIMIT_MEMLOCK` reached, no permission) are ignored: the process is non-dumpable and
+/// short-lived either way, and nodes running Kubernetes usually have no swap. Pages stay locked
+/// until the process exits: a page may hold several values, so unlocking one would unlock others.
+fn lock_in_memory(ptr: *const u8, len: usize) {
+    if len == 0 {
+        return;
+    }
+    if let Some(p) = std::ptr::NonNull::new(ptr as *mut std::ffi::c_void) {
+        // SAFETY: mlock only changes the paging of the mapping; the range is our live buffer.
+        let _ = unsafe { nix::sys::mman::mlock(p, len) };
+    }
+}
+
 /// Secret bytes: zeroed on drop, never printed.
 pub struct Secret(Zeroizing<Vec<u8>>);
 
 impl Secret {
     /// Takes ownership of `bytes` without copying them.
     pub fn new(bytes: Vec<u8>) -> Self {
+        lock_in_memory(bytes.as_ptr(), bytes.capacity());
         Secret(Zeroizing::new(bytes))
     }
 
@@ -48,6 +63,7 @@ pub struct SecretString(Zeroizing<String>);
 
 impl SecretString {
     pub fn new(s: String) -> Self {
+        lock_in_memory(s.as_ptr(), s.capacity());
         SecretString(Zeroizing::new(s))
     }
 
@@ -71,6 +87,32 @@ impl<'de> serde::Deserialize<'de> for SecretString {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn locked_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmLck:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
+    #[test]
+    fn values_are_locked_in_memory_where_the_kernel_allows() {
+        let (soft, _) =
+            nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK).unwrap();
+        if !nix::unistd::geteuid().is_root() && soft < 8 << 20 {
+            return; // best effort: nothing to prove under a small limit
+        }
+        let before = locked_kib();
+        let big = Secret::new(vec![7u8; 4 << 20]);
+        assert!(
+            locked_kib() >= before + 4096,
+            "VmLck {before} kB -> {} kB",
+            locked_kib()
+        );
+        drop(big);
+    }
 
     #[test]
     fn debug_prints_a_placeholder() {
