@@ -7,6 +7,7 @@
 //! `reqwest` transport (rustls, no proxy, optional extra CA bundle and fixed vault address), and
 //! its challenge-resource check left on.
 
+use crate::error::TooLarge;
 use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
 use crate::http::sanitize_code;
 use crate::identity::azure_imds::{self, AzureImdsSettings};
@@ -354,6 +355,7 @@ impl AzureBackend {
         name: &str,
         cfg: &AzureConfig,
         deadline: &Deadline,
+        limits: &crate::plan::Limits,
     ) -> Result<Self, RetryError> {
         let http = http_client(cfg).map_err(RetryError::Permanent)?;
         let token = retry(
@@ -376,7 +378,10 @@ impl AzureBackend {
             client_options: ClientOptions {
                 // Retries are ours (deadline-bound, transient-only): the SDK makes one attempt.
                 retry: RetryOptions::none(),
-                transport: Some(Transport::new(Arc::new(http))),
+                transport: Some(Transport::new(Arc::new(LimitedTransport {
+                    inner: http,
+                    limit: limits.max_response,
+                }))),
                 ..Default::default()
             },
             ..Default::default()
@@ -449,7 +454,53 @@ fn error_codes(body: &[u8]) -> (Option<String>, Option<String>) {
     }
 }
 
+/// The HTTPS transport handed to the Key Vault SDK, refusing a response larger than the limit:
+/// at once when its `Content-Length` says so, otherwise as soon as more has come in.
+#[derive(Debug)]
+struct LimitedTransport {
+    inner: reqwest::Client,
+    limit: u64,
+}
+
+#[async_trait::async_trait]
+impl azure_core::http::HttpClient for LimitedTransport {
+    async fn execute_request(
+        &self,
+        request: &azure_core::http::Request,
+    ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
+        use futures_util::StreamExt;
+        let too_large = |limit: u64| azure_core::Error::new(ErrorKind::Io, TooLarge(limit));
+        let resp = self.inner.execute_request(request).await?;
+        let declared = resp
+            .headers()
+            .get_optional_str(&azure_core::http::headers::CONTENT_LENGTH)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.limit) {
+            return Err(too_large(self.limit));
+        }
+        let (status, headers, body) = resp.deconstruct();
+        let limit = self.limit;
+        let mut seen = 0u64;
+        let limited = body.map(move |chunk| {
+            let chunk = chunk?;
+            seen += chunk.len() as u64;
+            if seen > limit {
+                return Err(too_large(limit));
+            }
+            Ok(chunk)
+        });
+        Ok(azure_core::http::AsyncRawResponse::new(
+            status,
+            headers,
+            Box::pin(limited),
+        ))
+    }
+}
+
 fn classify(err: &azure_core::Error, resource: &str) -> FetchError {
+    if let Some(limit) = crate::error::find_too_large(err) {
+        return FetchError::permanent(TooLarge(limit).to_string());
+    }
     match err.kind() {
         ErrorKind::HttpResponse {
             status,

@@ -179,7 +179,7 @@ impl Backend {
                 .await
                 .map(|b| Backend::Vault(Box::new(b))),
             #[cfg(feature = "azure")]
-            BackendConfig::Azure(c) => azure::AzureBackend::connect(name, c, deadline)
+            BackendConfig::Azure(c) => azure::AzureBackend::connect(name, c, deadline, limits)
                 .await
                 .map(Backend::Azure),
             #[cfg(feature = "gcp")]

@@ -234,3 +234,13 @@ def test_imds_double_is_strict(azure_imds):
     status, body = call("/metadata/instance/compute?api-version=2021-02-01", {"Metadata": "true"})
     assert status == 200 and body["name"] == azure_imds.vm_name and body["vmScaleSetName"] == ""
     assert "BEGIN PUBLIC KEY" in azure_imds.public_pem()
+
+
+def test_oversize_key_vault_response_is_refused(azure_imds, key_vault, outdir, bootsecrets):
+    key_vault.set_secret("big", "z" * 5000)
+    r = bootsecrets(azure_manifest(outdir, azure_imds, key_vault, [{"path": "big", "ref": "big"}],
+                                   settings="max_response_bytes = 2000"))
+    assert r.code == 1 and "larger than 2000 bytes" in r.stderr and r.elapsed < 15, r
+    assert published(outdir) == {}
+    r = bootsecrets(azure_manifest(outdir, azure_imds, key_vault, [{"path": "big", "ref": "big"}]))
+    assert r.code == 0, r
