@@ -252,7 +252,7 @@ fn classify(err: &ImdsError, endpoint: &str, what: &str) -> FetchError {
                     "IMDS at {endpoint} rejected the session token (HTTP 401) while fetching {what}"
                 )),
                 404 => FetchError::permanent(format!(
-                    "IMDS at {endpoint} has no {what} (HTTP 404){}",
+                    "IMDS at {endpoint} found nothing while fetching {what} (HTTP 404){}",
                     if what.contains("role") {
                         ": is an IAM role (instance profile) attached to this instance?"
                     } else {
