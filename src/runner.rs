@@ -147,6 +147,9 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     .map_err(RunError::Failed)?;
 
     let result = connect_fetch_publish(plan, &deadline, &root).await;
+    if let Ok((done, publication)) = &result {
+        log_publication(plan, done, publication);
+    }
     let actions = match &result {
         Ok((done, publication)) => run_actions(plan, done, publication).await,
         Err(_) => Vec::new(),
@@ -163,33 +166,9 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let (done, publication) = result?;
     let failed: Vec<&Action> = actions.iter().filter(|a| !a.ok).collect();
 
-    let mut bytes = 0;
-    for (d, changed) in done.iter().zip(&publication.changed) {
-        let s = &plan.secrets[d.index];
-        bytes += d.value.len();
-        log::info!(
-            "{} {} ({:04o} {}:{}, {} bytes) from backend `{}` ({}){} in {} ms",
-            if *changed { "wrote" } else { "unchanged" },
-            s.path,
-            s.mode,
-            s.owner,
-            s.group,
-            d.value.len(),
-            s.backend,
-            plan.backends[&s.backend].kind(),
-            d.version
-                .as_deref()
-                .map(|v| format!(" version {v}"))
-                .unwrap_or_default(),
-            d.took.as_millis()
-        );
-    }
-    for r in &publication.removed {
-        log::info!("removed {r}: no longer in the manifest");
-    }
     let summary = Summary {
         secrets: done.len(),
-        bytes,
+        bytes: done.iter().map(|d| d.value.len()).sum(),
         elapsed: start.elapsed(),
     };
     if !failed.is_empty() {
@@ -219,6 +198,33 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         );
     }
     Ok(summary)
+}
+
+/// One line per secret (written or unchanged) and per removed path: sizes, modes, versions and
+/// timings, never values.
+fn log_publication(plan: &Plan, done: &[Done], publication: &Publication) {
+    for (d, changed) in done.iter().zip(&publication.changed) {
+        let s = &plan.secrets[d.index];
+        log::info!(
+            "{} {} ({:04o} {}:{}, {} bytes) from backend `{}` ({}){} in {} ms",
+            if *changed { "wrote" } else { "unchanged" },
+            s.path,
+            s.mode,
+            s.owner,
+            s.group,
+            d.value.len(),
+            s.backend,
+            plan.backends[&s.backend].kind(),
+            d.version
+                .as_deref()
+                .map(|v| format!(" version {v}"))
+                .unwrap_or_default(),
+            d.took.as_millis()
+        );
+    }
+    for r in &publication.removed {
+        log::info!("removed {r}: no longer in the manifest");
+    }
 }
 
 /// Identity, fetch and publication. Backends that logged in are always finished (their tokens
