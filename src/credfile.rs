@@ -14,6 +14,7 @@
 
 use crate::error::FetchError;
 use crate::secret::SecretString;
+use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::unistd::{Uid, geteuid};
 use std::fs::File;
@@ -95,33 +96,77 @@ pub fn check_ancestors(what: &str, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Reads a file that decides what bootsecrets does (the manifest): regular, owned by root, not
-/// writable by others, in safe directories. Checked on the opened descriptor.
-pub fn read_trusted(what: &str, path: &Path) -> Result<String, String> {
-    check_ancestors(what, path)?;
-    let f = File::open(path).map_err(|e| {
+/// Opens `path` the careful way: resolved to its real path first (symlinks on the way are
+/// allowed, e.g. /var/run -> /run, but the directories that are then checked are the real
+/// ones), every directory of the real path checked, the file itself opened with `O_NOFOLLOW`
+/// (a link swapped in after resolving is refused), `O_NONBLOCK` and `O_NOCTTY` (a FIFO or a
+/// terminal cannot block or capture the run). Returns the file and its `fstat`.
+fn open_checked(what: &str, path: &Path) -> Result<(File, nix::sys::stat::FileStat), String> {
+    let shown = path.display();
+    let real = std::fs::canonicalize(path).map_err(|e| {
         format!(
-            "cannot read {what} {}: {}",
-            path.display(),
+            "{what} `{shown}` cannot be opened: {}",
             crate::error::describe_io(&e)
         )
     })?;
-    let st =
-        fstat(f.as_fd()).map_err(|e| format!("cannot examine {what} {}: {e}", path.display()))?;
+    check_ancestors(&format!("{what} `{shown}`"), &real)?;
+    let fd = nix::fcntl::open(
+        &real,
+        OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| format!("{what} `{shown}` cannot be opened: {e}"))?;
+    let f = File::from(fd);
+    let st = fstat(f.as_fd()).map_err(|e| format!("{what} `{shown}` cannot be examined: {e}"))?;
+    Ok((f, st))
+}
+
+/// Reads a file that decides what bootsecrets does (the manifest): regular, owned by root, not
+/// writable by others, in safe directories. Checked on the opened descriptor.
+pub fn read_trusted(what: &str, path: &Path) -> Result<String, String> {
+    let bytes = read_trusted_bytes(what, path, MAX_MANIFEST)?;
+    String::from_utf8(bytes).map_err(|_| format!("{what} {} is not UTF-8 text", path.display()))
+}
+
+/// [`read_trusted`] for binary content (a CA bundle), at most `max` bytes.
+pub fn read_trusted_bytes(what: &str, path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    let (f, st) = open_checked(what, path)?;
     check_stat(&st, Kind::Trusted, &format!("{what} {}", path.display()))
-        .map_err(|e| format!("{what} {} {e}", path.display()))?;
-    let mut text = String::new();
-    f.take(MAX_MANIFEST + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
-    if text.len() as u64 > MAX_MANIFEST {
+        .map_err(|e| format!("{what} `{}` {e}", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| format!("cannot read {what} `{}`: {e}", path.display()))?;
+    if buf.len() as u64 > max {
         return Err(format!(
-            "{what} {} is larger than {MAX_MANIFEST} bytes",
+            "{what} `{}` is larger than {max} bytes",
             path.display()
         ));
     }
-    Ok(text)
+    Ok(buf)
 }
+
+/// An `on_change` program: a regular file owned by root, not writable by others, executable, in
+/// safe directories. Checked when the manifest is validated and again just before it runs, since
+/// it runs as root.
+pub fn check_executable(what: &str, path: &str) -> Result<(), String> {
+    if !Path::new(path).is_absolute() {
+        return Err(format!("{what} `{path}` must be an absolute path"));
+    }
+    let (_, st) = open_checked(what, Path::new(path))?;
+    check_stat(&st, Kind::Trusted, path).map_err(|e| format!("{what} `{path}` {e}"))?;
+    if st.st_mode & 0o111 == 0 {
+        return Err(format!("{what} `{path}` is not executable"));
+    }
+    Ok(())
+}
+
+/// Largest CA bundle read.
+pub const MAX_CA_BUNDLE: u64 = 1024 * 1024;
 
 /// Largest manifest read.
 pub const MAX_MANIFEST: u64 = 4 * 1024 * 1024;
@@ -167,31 +212,17 @@ pub fn check(what: &str, path: &str, kind: Kind) -> Result<(), String> {
     if !Path::new(path).is_absolute() {
         return Err(format!("{what} `{path}` must be an absolute path"));
     }
-    let f = File::open(path).map_err(|e| {
-        format!(
-            "{what} `{path}` cannot be opened: {}",
-            crate::error::describe_io(&e)
-        )
-    })?;
-    let st = fstat(f.as_fd()).map_err(|e| format!("{what} `{path}` cannot be examined: {e}"))?;
+    let (_, st) = open_checked(what, Path::new(path))?;
     check_stat(&st, kind, path)
         .and_then(|_| check_size(&st))
-        .map_err(|e| format!("{what} `{path}` {e}"))?;
-    check_ancestors(&format!("{what} `{path}`"), Path::new(path))
+        .map_err(|e| format!("{what} `{path}` {e}"))
 }
 
 /// Reads a credential file, re-checking the opened descriptor. Surrounding whitespace (a trailing
 /// newline) is removed. The content must be non-empty printable ASCII: it becomes an HTTP header
 /// or a JSON string, and an invalid byte there must be an error, never a panic.
 pub fn read_credential(what: &str, path: &str) -> Result<SecretString, FetchError> {
-    let f = File::open(path).map_err(|e| {
-        FetchError::permanent(format!(
-            "{what} `{path}` cannot be opened: {}",
-            crate::error::describe_io(&e)
-        ))
-    })?;
-    let st = fstat(f.as_fd())
-        .map_err(|e| FetchError::permanent(format!("{what} `{path}` cannot be examined: {e}")))?;
+    let (f, st) = open_checked(what, Path::new(path)).map_err(FetchError::permanent)?;
     check_stat(&st, Kind::Credential, path)
         .and_then(|_| check_size(&st))
         .map_err(|e| FetchError::permanent(format!("{what} `{path}` {e}")))?;

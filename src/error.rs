@@ -125,6 +125,21 @@ pub fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     find_in_chain(err, &mut |e| e.downcast_ref::<rustls::Error>().map(|_| ())).is_some()
 }
 
+/// True when TLS failed because a certificate is expired or not yet valid *by our clock*: at boot,
+/// before the clock is synced, that clears by itself, so it is retried (within the deadline)
+/// rather than failing the node at once.
+#[cfg(any(feature = "aws", feature = "vault", feature = "azure", feature = "gcp"))]
+pub fn is_tls_clock_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::CertificateError as C;
+    find_in_chain(err, &mut |e| match e.downcast_ref::<rustls::Error>() {
+        Some(rustls::Error::InvalidCertificate(
+            C::Expired | C::ExpiredContext { .. } | C::NotValidYet | C::NotValidYetContext { .. },
+        )) => Some(()),
+        _ => None,
+    })
+    .is_some()
+}
+
 /// A short, fixed description of a transport-level failure, for messages.
 pub fn describe_io(err: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;

@@ -58,6 +58,11 @@ pub async fn read_body(
 /// Classifies a `reqwest` transport error (no HTTP status): TLS failures are permanent,
 /// everything else (refused, reset, timeouts, DNS not ready) is transient.
 pub fn transport_error(err: &reqwest::Error, what: &str) -> FetchError {
+    if crate::error::is_tls_clock_error(err) {
+        return FetchError::transient(format!(
+            "{what}: TLS certificate not valid at this time (is the clock set?)"
+        ));
+    }
     if is_tls_error(err) {
         return FetchError::permanent(format!(
             "{what}: TLS handshake failed (certificate or protocol error)"

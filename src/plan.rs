@@ -471,6 +471,11 @@ impl Plan {
                 warnings.push(format!("backend `{name}` is not used by any secret"));
             }
         }
+        for (name, b) in &backends {
+            for w in b.warnings() {
+                warnings.push(format!("backend `{name}`: {w}"));
+            }
+        }
 
         if layout == Layout::Credstore {
             credstore_rules(&mut errors, s.root_group.is_some(), &root_owner, &secrets);
@@ -648,7 +653,12 @@ fn plan_secret(
             Some(_) if argv.iter().any(|a| a.contains('\0')) => {
                 errors.push("on_change arguments must not contain NUL".into())
             }
-            Some(_) => {}
+            // It runs as root: whoever could change the program would run code as root.
+            Some(cmd) => {
+                if let Err(e) = crate::credfile::check_executable("on_change command", cmd) {
+                    errors.push(e);
+                }
+            }
         }
     }
     let mode = match e.mode.as_deref().map(parse_mode) {

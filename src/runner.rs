@@ -143,26 +143,52 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         gid: plan.root_group.id,
         mode: plan.root_mode,
         allow_non_tmpfs: opts.allow_non_tmpfs,
+        // Half the deadline at most, so the run itself keeps time to fetch.
+        lock_wait: plan.deadline / 2,
     })
     .map_err(RunError::Failed)?;
 
+    let previous_status = root.read_status();
+    let pending = status::previous_pending(previous_status.as_deref());
     let result = connect_fetch_publish(plan, &deadline, &root).await;
+    let mut actions = Vec::new();
     if let Ok((done, publication)) = &result {
         log_publication(plan, done, publication);
-    }
-    let actions = match &result {
-        Ok((done, publication)) => run_actions(plan, done, publication).await,
-        Err(_) => Vec::new(),
-    };
-    let status = status_of(plan, &root, &result, &actions, started, start.elapsed());
-    match serde_json::to_vec_pretty(&status) {
-        Ok(json) => {
-            if let Err(e) = root.write_status(&json) {
-                log::warn!("cannot write the status file: {e:#}");
-            }
+        let owed = owed_actions(plan, done, publication, &pending);
+        if !owed.is_empty() {
+            // Recorded before they run: a run killed meanwhile leaves them pending.
+            let status = status_of(
+                plan,
+                &result,
+                &[],
+                &owed,
+                previous_status.as_deref(),
+                started,
+                start.elapsed(),
+            );
+            write_status(&root, &status);
+            actions = run_actions(owed).await;
         }
-        Err(e) => log::warn!("cannot encode the status file: {e}"),
     }
+    let still_pending: Vec<Vec<String>> = match &result {
+        Ok(_) => actions
+            .iter()
+            .filter(|a| !a.ok)
+            .map(|a| a.argv.clone())
+            .collect(),
+        // Nothing ran: everything owed before is still owed.
+        Err(_) => pending.clone(),
+    };
+    let status = status_of(
+        plan,
+        &result,
+        &actions,
+        &still_pending,
+        previous_status.as_deref(),
+        started,
+        start.elapsed(),
+    );
+    write_status(&root, &status);
     let (done, publication) = result?;
     let failed: Vec<&Action> = actions.iter().filter(|a| !a.ok).collect();
 
@@ -234,10 +260,10 @@ async fn connect_fetch_publish(
     deadline: &Deadline,
     root: &OutputRoot,
 ) -> Result<(Vec<Done>, Publication), RunError> {
-    // Identity: every backend in use, concurrently. All are awaited even when one fails, so that
-    // every backend that did log in is finished before the run ends.
-    let attempts =
-        futures_util::future::join_all(plan.used_backends().map(|(name, cfg)| async move {
+    // Identity: every backend in use, concurrently.
+    let mut attempts: futures_util::stream::FuturesUnordered<_> = plan
+        .used_backends()
+        .map(|(name, cfg)| async move {
             match Backend::connect(name, cfg, deadline, &plan.limits).await {
                 Ok(b) => {
                     log::debug!("backend `{name}` ({}): identity established", cfg.kind());
@@ -258,20 +284,25 @@ async fn connect_fetch_publish(
                     Err(retry_failure(label, e))
                 }
             }
-        }))
-        .await;
+        })
+        .collect();
+    // The first failure ends the run without waiting for the other backends (dropping their
+    // futures cancels them; a login cut off that way leaves at most a token that expires with
+    // its TTL). Backends that did connect are finished below, whatever happened.
     let mut backends: BTreeMap<&str, Backend> = BTreeMap::new();
     let mut failure = None;
-    for a in attempts {
+    while let Some(a) = attempts.next().await {
         match a {
             Ok((name, b)) => {
                 backends.insert(name, b);
             }
             Err(e) => {
-                failure.get_or_insert(e);
+                failure = Some(e);
+                break;
             }
         }
     }
+    drop(attempts);
     let result = match failure {
         Some(e) => Err(e),
         None => fetch_and_publish(plan, &backends, deadline, root).await,
@@ -282,34 +313,75 @@ async fn connect_fetch_publish(
 
 /// An `on_change` command that ran, and how it ended.
 pub struct Action {
+    pub argv: Vec<String>,
     pub command: String,
     pub result: String,
     pub ok: bool,
 }
 
-/// Longest an `on_change` command may run.
-pub const ACTION_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time all `on_change` commands of one run may take together (each is killed at the end of
+/// it). With the default 120 s deadline and the 5 s token revocation this stays below both units'
+/// `TimeoutStartSec=` (180 s and 300 s).
+pub const ACTION_BUDGET: Duration = Duration::from_secs(45);
 
-/// Runs the `on_change` commands of the secrets a refresh changed: only when a previous set was
-/// published (never on the first publication, at boot), each distinct command once, in manifest
-/// order. Commands get an empty environment but for `PATH`, no stdin, and the unit's stdout and
-/// stderr (the journal); no value or token reaches them.
-async fn run_actions(plan: &Plan, done: &[Done], publication: &Publication) -> Vec<Action> {
-    if !publication.previous {
-        return Vec::new();
-    }
-    let mut commands: Vec<&Vec<String>> = Vec::new();
+/// The `on_change` commands this run owes, in manifest order, each once: those of the secrets a
+/// refresh changed (never on the first publication, at boot, when no consumer runs yet), and
+/// those a previous run could not complete (`pending_actions` in the status file) that the
+/// manifest still names. A command that fails stays pending, so a rotation is never forgotten.
+fn owed_actions(
+    plan: &Plan,
+    done: &[Done],
+    publication: &Publication,
+    pending: &[Vec<String>],
+) -> Vec<Vec<String>> {
+    let mut commands: Vec<Vec<String>> = Vec::new();
     for (d, changed) in done.iter().zip(&publication.changed) {
         if let Some(argv) = &plan.secrets[d.index].on_change
-            && *changed
-            && !commands.contains(&argv)
+            && ((*changed && publication.previous) || pending.contains(argv))
+            && !commands.contains(argv)
         {
-            commands.push(argv);
+            commands.push(argv.clone());
         }
     }
+    commands
+}
+
+/// Runs the owed `on_change` commands with an empty environment but for `PATH`, no stdin, and
+/// the unit's stdout and stderr (the journal); no value or token reaches them.
+async fn run_actions(commands: Vec<Vec<String>>) -> Vec<Action> {
+    let budget_end = tokio::time::Instant::now() + ACTION_BUDGET;
     let mut out = Vec::new();
     for argv in commands {
         let command = argv.join(" ");
+        let mut done = |result: String, ok: bool, argv: Vec<String>| {
+            if ok {
+                log::info!("on_change command `{command}` succeeded");
+            } else {
+                log::error!("on_change command `{command}` failed: {result}");
+            }
+            out.push(Action {
+                argv,
+                command: command.clone(),
+                result,
+                ok,
+            });
+        };
+        if let Err(e) = crate::credfile::check_executable("on_change command", &argv[0]) {
+            done(format!("refused: {e}"), false, argv);
+            continue;
+        }
+        let left = budget_end.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            done(
+                format!(
+                    "not run: the {} s budget for on_change commands was spent",
+                    ACTION_BUDGET.as_secs()
+                ),
+                false,
+                argv,
+            );
+            continue;
+        }
         log::info!("running on_change command `{command}`");
         let child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
@@ -326,11 +398,8 @@ async fn run_actions(plan: &Plan, done: &[Done], publication: &Publication) -> V
                 false,
                 format!("cannot start: {}", crate::error::describe_io(&e)),
             ),
-            Ok(mut c) => match tokio::time::timeout(ACTION_TIMEOUT, c.wait()).await {
-                Err(_) => (
-                    false,
-                    format!("killed after {} s", ACTION_TIMEOUT.as_secs()),
-                ),
+            Ok(mut c) => match tokio::time::timeout(left, c.wait()).await {
+                Err(_) => (false, format!("killed after {} s", left.as_secs())),
                 Ok(Err(e)) => (
                     false,
                     format!("cannot wait: {}", crate::error::describe_io(&e)),
@@ -345,26 +414,29 @@ async fn run_actions(plan: &Plan, done: &[Done], publication: &Publication) -> V
                 ),
             },
         };
-        if ok {
-            log::info!("on_change command `{command}` succeeded");
-        } else {
-            log::error!("on_change command `{command}` failed: {result}");
-        }
-        out.push(Action {
-            command,
-            result,
-            ok,
-        });
+        done(result, ok, argv);
     }
     out
+}
+
+fn write_status(root: &OutputRoot, status: &status::Status) {
+    match serde_json::to_vec_pretty(status) {
+        Ok(json) => {
+            if let Err(e) = root.write_status(&json) {
+                log::warn!("cannot write the status file: {e:#}");
+            }
+        }
+        Err(e) => log::warn!("cannot encode the status file: {e}"),
+    }
 }
 
 /// The status file's content for this run's outcome.
 fn status_of(
     plan: &Plan,
-    root: &OutputRoot,
     result: &Result<(Vec<Done>, Publication), RunError>,
     actions: &[Action],
+    pending: &[Vec<String>],
+    previous: Option<&[u8]>,
     started: SystemTime,
     took: Duration,
 ) -> status::Status {
@@ -385,6 +457,7 @@ fn status_of(
                 result: a.result.clone(),
             })
             .collect(),
+        pending_actions: pending.to_vec(),
     };
     if actions.iter().any(|a| !a.ok) {
         run.exit_code = 1;
@@ -429,7 +502,7 @@ fn status_of(
             };
             run.exit_code = e.exit_code();
             run.error = Some(format!("{:#}", e.inner()));
-            status::previous_secrets(root.read_status().as_deref())
+            status::previous_secrets(previous)
         }
     };
     status::Status {

@@ -36,6 +36,9 @@ pub struct RunStatus {
     pub removed: Vec<String>,
     /// The `on_change` commands this run ran, with how each ended.
     pub actions: Vec<ActionStatus>,
+    /// Commands (argv) still owed: they failed, were killed, or had not run yet when this file
+    /// was written. The next run runs them again if the manifest still names them.
+    pub pending_actions: Vec<Vec<String>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +97,14 @@ pub fn rfc3339(t: SystemTime) -> String {
         rem % 60,
         d.subsec_millis()
     )
+}
+
+/// The `pending_actions` of a previous status file.
+pub fn previous_pending(old: Option<&[u8]>) -> Vec<Vec<String>> {
+    old.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+        .and_then(|v| v.get("run")?.get("pending_actions").cloned())
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default()
 }
 
 /// The `secrets` list of a previous status file, to carry over when a run publishes nothing.

@@ -52,6 +52,8 @@ pub struct RootSpec {
     pub mode: u32,
     /// Development only: accept a root that is not on tmpfs or ramfs.
     pub allow_non_tmpfs: bool,
+    /// How long to wait for another run's lock on the root.
+    pub lock_wait: std::time::Duration,
 }
 
 /// One file to publish. Holds a borrowed value: the writer never copies it.
@@ -203,12 +205,24 @@ impl OutputRoot {
             );
         }
         set_owner_mode(root.as_fd(), spec.uid, spec.gid, spec.mode, &shown)?;
-        let fd = Flock::lock(root, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-            anyhow!(
-                "output root {} is locked by another bootsecrets run ({e})",
-                shown.display()
-            )
-        })?;
+        // Another run (a refresh, a manual run) may hold the lock for a while: wait for it, up
+        // to `lock_wait`, rather than fail the boot.
+        let until = std::time::Instant::now() + spec.lock_wait;
+        let mut root = root;
+        let fd = loop {
+            match Flock::lock(root, FlockArg::LockExclusiveNonblock) {
+                Ok(fd) => break fd,
+                Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < until => {
+                    root = back;
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err((_, e)) => bail!(
+                    "output root {} is locked by another bootsecrets run ({e}; waited {} s)",
+                    shown.display(),
+                    spec.lock_wait.as_secs()
+                ),
+            }
+        };
         Ok(OutputRoot {
             fd,
             spec: spec.clone(),
@@ -233,10 +247,16 @@ impl OutputRoot {
         let root = self.fd.as_fd();
         let current = self.current()?;
         self.remove_leftovers(current.as_ref().map(|c| c.0.as_str()))?;
+        // A directory whose owner or mode no longer matches (root_owner/root_group changed) makes
+        // every file count as changed, so the set is rewritten with the right directories.
+        let dirs_ok = match &current {
+            Some((_, dir)) => self.same_dirs(dir.as_fd(), outputs),
+            None => false,
+        };
         let changed: Vec<bool> = outputs
             .iter()
             .map(|o| match &current {
-                Some((_, dir)) => !same_file(dir.as_fd(), o),
+                Some((_, dir)) => !dirs_ok || !same_file(dir.as_fd(), o),
                 None => true,
             })
             .collect();
@@ -276,15 +296,16 @@ impl OutputRoot {
             if let Err(c) = remove_tree(root, &version) {
                 log::warn!("cannot remove the unpublished version {version}: {c:#}");
             }
-            // Links made for names only the new set has would dangle forever: remove them.
-            let keep: BTreeSet<String> = match &current {
-                Some((_, dir)) => entries(dir.as_fd())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .collect(),
-                None => BTreeSet::new(),
+            // Links made for names only the new set has would dangle: remove them. If the
+            // published set cannot be listed, leave them (a dangling link reads as "absent")
+            // rather than risk removing a live one.
+            let keep: Option<BTreeSet<String>> = match &current {
+                Some((_, dir)) => entries(dir.as_fd()).ok().map(|v| v.into_iter().collect()),
+                None => Some(BTreeSet::new()),
             };
-            let _ = self.unlink_names_except(&keep);
+            if let Some(keep) = keep {
+                let _ = self.unlink_names_except(&keep);
+            }
             return Err(e);
         }
 
@@ -302,8 +323,11 @@ impl OutputRoot {
         }
         hook(Step::Flipped)?;
 
-        // Clean-up: links the new set does not have, then the previous version.
-        self.unlink_names_except(&top)?;
+        // Clean-up: links the new set does not have, then the previous version. The set is
+        // published: nothing from here on may fail the run (a leftover is removed next time).
+        if let Err(e) = self.unlink_names_except(&top) {
+            log::warn!("cannot remove the links of dropped names: {e:#}");
+        }
         if let Some((old, _)) = &current
             && let Err(e) = remove_tree(root, old)
         {
@@ -415,6 +439,32 @@ impl OutputRoot {
         }
         fsync(vdir.as_fd()).context("cannot fsync the new version directory")?;
         Ok(vdir)
+    }
+
+    /// True when the version directory and every subdirectory the outputs use have the root's
+    /// owner and mode.
+    fn same_dirs(&self, vdir: BorrowedFd<'_>, outputs: &[Output<'_>]) -> bool {
+        let want = |fd: BorrowedFd<'_>| {
+            nix::sys::stat::fstat(fd).is_ok_and(|st| {
+                st.st_mode & 0o7777 == self.spec.mode
+                    && (st.st_uid, st.st_gid) == (self.spec.uid, self.spec.gid)
+            })
+        };
+        if !want(vdir) {
+            return false;
+        }
+        outputs.iter().all(|o| {
+            let (parents, _) = o.path.split();
+            let mut cur: Option<OwnedFd> = None;
+            for c in parents {
+                let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(vdir);
+                match openat(parent, c.as_str(), dir_flags(), Mode::empty()) {
+                    Ok(fd) if want(fd.as_fd()) => cur = Some(fd),
+                    _ => return false,
+                }
+            }
+            true
+        })
     }
 
     fn own_dir(&self, fd: BorrowedFd<'_>, shown: &Path) -> Result<()> {
@@ -684,6 +734,7 @@ mod tests {
 
     fn spec(path: &Path) -> RootSpec {
         RootSpec {
+            lock_wait: std::time::Duration::ZERO,
             path: path.to_path_buf(),
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),

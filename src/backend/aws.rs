@@ -297,7 +297,12 @@ impl AwsBackend {
             .send()
             .await
             .map_err(|e| classify(&e))?;
-        let version = out.version_id;
+        // Shown in logs and the status file: only if it looks like a version id.
+        let version = out.version_id.filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
         if let Some(s) = out.secret_string {
             Ok((Secret::from_string(s), version))
         } else if let Some(b) = out.secret_binary {
@@ -496,6 +501,10 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 FetchError::transient("connection timed out")
             } else {
                 match find_io_error(err) {
+                    // Before the clock is synced a valid certificate can look expired.
+                    _ if crate::error::is_tls_clock_error(err) => FetchError::transient(
+                        "TLS: Secrets Manager's certificate is not valid at this time (is the clock set?)",
+                    ),
                     // A certificate or protocol failure will not clear by retrying.
                     _ if is_tls_error(err) => FetchError::permanent(
                         "TLS handshake with Secrets Manager failed (certificate or protocol error)",

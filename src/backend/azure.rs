@@ -127,7 +127,15 @@ pub fn plan(e: &AzureEntry, _env: EnvLookup<'_>) -> Result<AzureConfig, Vec<Stri
     };
     let ca_bundle = match e.ca_bundle.as_deref() {
         None => None,
-        Some(p) if p.starts_with('/') => Some(PathBuf::from(p)),
+        Some(p) if p.starts_with('/') => {
+            // It decides whom to trust with the token and the values: same rules as the
+            // manifest (owned by root, writable by nobody else).
+            if let Err(err) = crate::credfile::check("ca_bundle", p, crate::credfile::Kind::Trusted)
+            {
+                errors.push(err);
+            }
+            Some(PathBuf::from(p))
+        }
         Some(p) => {
             errors.push(format!("ca_bundle `{p}` must be an absolute path"));
             None
@@ -324,13 +332,9 @@ fn http_client(cfg: &AzureConfig) -> Result<reqwest::Client, FetchError> {
         .connect_timeout(cfg.timeout.min(Duration::from_secs(3)))
         .timeout(cfg.timeout);
     if let Some(path) = &cfg.ca_bundle {
-        let pem = std::fs::read(path).map_err(|e| {
-            FetchError::permanent(format!(
-                "cannot read ca_bundle {}: {}",
-                path.display(),
-                describe_io(&e)
-            ))
-        })?;
+        let pem =
+            crate::credfile::read_trusted_bytes("ca_bundle", path, crate::credfile::MAX_CA_BUNDLE)
+                .map_err(FetchError::permanent)?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .ok()
             .filter(|c| !c.is_empty())

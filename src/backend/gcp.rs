@@ -341,7 +341,11 @@ impl GcpBackend {
                 .await?
             }
         };
-        let value = SecretString::new(format!("Bearer {}", token.token.expose()));
+        // Sized up front: a growing `format!` would free partial copies of the token unzeroed.
+        let mut bearer = String::with_capacity(7 + token.token.expose().len());
+        bearer.push_str("Bearer ");
+        bearer.push_str(token.token.expose());
+        let value = SecretString::new(bearer);
         drop(token);
         let mut header = http::HeaderValue::from_str(value.expose()).map_err(|_| {
             RetryError::Permanent(FetchError::permanent(

@@ -132,6 +132,16 @@ impl BackendConfig {
         }
     }
 
+    /// Things worth telling the operator about these settings (not errors).
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(c) => c.auth.warnings(),
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
+        }
+    }
+
     pub fn describe(&self) -> String {
         match self {
             #[cfg(feature = "aws")]

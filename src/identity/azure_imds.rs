@@ -235,7 +235,7 @@ impl AzureImdsSettings {
                 serde_json::Value::Number(n) => n.as_u64(),
                 _ => None,
             })
-            .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+            .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
         log::debug!("{what}: token obtained");
         Ok(AccessToken {
             token: t.access_token,

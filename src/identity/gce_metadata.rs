@@ -142,7 +142,7 @@ impl GceMetadataSettings {
             token: t.access_token,
             expires_at: t
                 .expires_in
-                .map(|s| SystemTime::now() + Duration::from_secs(s)),
+                .and_then(|s| SystemTime::now().checked_add(Duration::from_secs(s))),
         })
     }
 

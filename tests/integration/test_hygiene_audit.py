@@ -1027,7 +1027,7 @@ def vault_aws_role_bound_elsewhere(env):
 
 def vault_aws_bad_signature(env):
     r, imds, login = _vault_aws(env, imds_kw={"corrupt_secret_key": True})
-    expect(env, r, 1, "login with aws (IAM)", "request refused as invalid (400)")
+    expect(env, r, 1, "login with aws (IAM)", "STS rejected the signed GetCallerIdentity (400)")
     assert "error code 403 from STS" in login.answers[-1][1]["errors"][0]
     assert imds.handed_out
 

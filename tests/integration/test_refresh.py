@@ -64,3 +64,44 @@ def test_on_change_must_be_an_absolute_command(moto, imds, outdir, name, bootsec
         command="check")
     assert r.code == 2 and "must be an absolute path" in r.stderr, r
     assert not os.path.exists(outdir)
+
+
+def test_a_failed_on_change_command_stays_pending_until_it_succeeds(moto, imds, outdir, name,
+                                                                    bootsecrets, tmp_path):
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString="v1")
+    flag, log = tmp_path / "consumer-ready", tmp_path / "ran"
+    script = tmp_path / "reload-consumer"
+    script.write_text(f"#!/bin/sh\n[ -e {flag} ] || exit 3\necho ran >> {log}\n")
+    script.chmod(0o755)
+    m = aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a",
+                                           "on_change": [str(script)]}])
+    assert bootsecrets(m).code == 0
+    sm.put_secret_value(SecretId=f"{name}/a", SecretString="v2")
+    r = bootsecrets(m)
+    assert r.code == 1 and "(exit 3)" in r.stderr, r
+    assert status(outdir)["run"]["pending_actions"] == [[str(script)]]
+    # Nothing changes any more, but the consumer still has to learn about v2: the next run owes
+    # the command and runs it.
+    flag.touch()
+    r = bootsecrets(m)
+    assert r.code == 0 and "unchanged" in r.stderr, r
+    assert log.read_text() == "ran\n"
+    assert status(outdir)["run"]["pending_actions"] == []
+    r = bootsecrets(m)
+    assert r.code == 0 and log.read_text() == "ran\n", "paid once, not again"
+
+
+def test_an_on_change_program_others_could_change_is_refused(moto, imds, outdir, name,
+                                                             bootsecrets, tmp_path):
+    script = tmp_path / "reload"
+    script.write_text("#!/bin/sh\ntrue\n")
+    script.chmod(0o757)
+    r = bootsecrets(aws_manifest(outdir, imds, moto, [
+        {"path": "a", "ref": f"{name}/a", "on_change": [str(script)]}]), command="check")
+    assert r.code == 2 and "on_change command" in r.stderr and "writable by group or others" \
+        in r.stderr, r
+    script.chmod(0o644)
+    r = bootsecrets(aws_manifest(outdir, imds, moto, [
+        {"path": "a", "ref": f"{name}/a", "on_change": [str(script)]}]), command="check")
+    assert r.code == 2 and "is not executable" in r.stderr, r

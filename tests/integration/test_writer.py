@@ -201,3 +201,34 @@ def test_status_file_describes_the_set_and_the_last_run(moto, imds, outdir, name
     assert [s["path"] for s in st["secrets"]] == ["x/a"]
     assert (outdir / "x" / "a").read_bytes() == b"status-canary-1"
     assert "status-canary-1" not in (outdir / ".status.json").read_text()
+
+
+def test_a_run_waits_for_another_runs_lock(moto, imds, outdir, name, bootsecrets):
+    import fcntl
+    import threading
+    import time
+    moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="after-wait")
+    outdir.mkdir(mode=0o700)
+    fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    threading.Timer(2.0, lambda: os.close(fd)).start()
+    start = time.monotonic()
+    r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}]))
+    assert r.code == 0, r
+    assert time.monotonic() - start >= 1.8, "it must have waited for the lock"
+    assert (outdir / "a").read_bytes() == b"after-wait"
+
+
+def test_a_new_root_group_rewrites_the_set_with_the_new_directory_modes(moto, imds, outdir, name,
+                                                                       bootsecrets):
+    moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="same")
+    secrets = [{"path": "d/a", "ref": f"{name}/a", "mode": "0440"}]
+    assert bootsecrets(aws_manifest(outdir, imds, moto, secrets)).code == 0
+    first = os.readlink(outdir / "..data")
+    assert stat.S_IMODE((outdir / first).stat().st_mode) == 0o700
+    r = bootsecrets(aws_manifest(outdir, imds, moto, secrets, settings='root_group = "nogroup"'))
+    assert r.code == 0, r
+    second = os.readlink(outdir / "..data")
+    assert second != first, "same values, but the directories must change: rewritten"
+    assert stat.S_IMODE((outdir / second).stat().st_mode) == 0o750
+    assert stat.S_IMODE((outdir / second / "d").stat().st_mode) == 0o750

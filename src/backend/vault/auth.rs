@@ -320,6 +320,21 @@ impl AuthConfig {
         }
     }
 
+    pub fn warnings(&self) -> Vec<String> {
+        match self {
+            AuthConfig::AppRole {
+                secret_id_wrapped: true,
+                ..
+            } => vec![
+                "secret_id_wrapped: a wrapping token works once, so only the first run can log \
+                 in; a refresh (bootsecrets-refresh.timer) or a reboot with the same file fails. \
+                 Deliver a fresh wrapped SecretID before each run, or use an unwrapped one."
+                    .into(),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// A token placed by other means is not ours to revoke unless the manifest says so: revoking
     /// it would break the next boot. Tokens this run minted by logging in are revoked.
     pub fn revoke_by_default(&self) -> bool {
@@ -703,6 +718,12 @@ pub fn aws_login_request(
         all.insert(canonical_header(k), vec![v.to_string()]);
     }
     let json = Zeroizing::new(serde_json::to_vec(&all).map_err(|_| fail("encoding headers"))?);
+    // The map holds the session token and the signature as plain Strings: zero them.
+    for values in all.values_mut() {
+        for v in values.iter_mut() {
+            zeroize::Zeroize::zeroize(v);
+        }
+    }
     let mut b = vaultrs::api::auth::aws::requests::IamLoginRequest::builder();
     b.mount(mount)
         .iam_http_request_method("POST")

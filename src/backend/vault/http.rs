@@ -5,7 +5,7 @@
 //! are only matched against known phrases to pick a message; they are never echoed.
 
 use super::VaultConfig;
-use crate::error::{FetchError, TooLarge, describe_io, is_tls_error};
+use crate::error::{FetchError, TooLarge, is_tls_error};
 use crate::secret::{Secret, SecretString};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -68,6 +68,18 @@ pub fn classify_status(code: u16, errors: &[String], what: &str) -> FetchError {
         307 | 308 => t(format!(
             "redirected ({code}): a standby node with no active leader to forward to"
         )),
+        // The aws method replays our signed request to STS and wraps STS's answer in a 400.
+        // An expired or skewed signature (the clock not yet synced at boot) and STS 5xx clear
+        // on retry; anything else STS refuses does not.
+        400 if mentions(errors, "upstream request") => {
+            if mentions(errors, "expired") || mentions(errors, "skew") {
+                t("login refused: STS rejected the signature as expired or skewed (is the clock set?) (400)".into())
+            } else if mentions(errors, "error code 5") {
+                t("login failed: STS answered a server error to Vault (400)".into())
+            } else {
+                p("login refused: STS rejected the signed GetCallerIdentity (400)".into())
+            }
+        }
         400 if mentions(errors, "invalid role or secret id") => {
             p("login refused: invalid role_id or secret_id (400)".into())
         }
@@ -102,7 +114,7 @@ pub fn classify_status(code: u16, errors: &[String], what: &str) -> FetchError {
 /// pointer to the settings that fix a TLS failure.
 pub fn classify_transport(e: &reqwest::Error, what: &str) -> FetchError {
     let mut f = crate::http::transport_error(e, what);
-    if is_tls_error(e) {
+    if is_tls_error(e) && !crate::error::is_tls_clock_error(e) {
         f.message +=
             " (is Vault's CA in ca_file? does its certificate name the host, or tls_server_name?)";
     }
@@ -170,9 +182,12 @@ impl Api {
             .user_agent(concat!("bootsecrets/", env!("CARGO_PKG_VERSION")));
         if let Some(f) = &cfg.ca_file {
             // The bundle replaces the system roots: only the CA the manifest names is trusted.
-            let pem = std::fs::read(f).map_err(|e| {
-                FetchError::permanent(format!("ca_file `{f}` cannot be read: {}", describe_io(&e)))
-            })?;
+            let pem = crate::credfile::read_trusted_bytes(
+                "ca_file",
+                std::path::Path::new(f),
+                crate::credfile::MAX_CA_BUNDLE,
+            )
+            .map_err(FetchError::permanent)?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|_| {
                 FetchError::permanent(format!("ca_file `{f}` holds no valid PEM certificate"))
             })?;
@@ -321,5 +336,66 @@ impl Api {
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
         self.send(req, Some(token), what).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errs(e: &[&str]) -> Vec<String> {
+        e.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn statuses_and_known_phrases_are_classified() {
+        let c = |code, e: &[&str]| classify_status(code, &errs(e), "x");
+        assert!(c(503, &["Vault is sealed"]).is_transient());
+        assert!(c(503, &["Vault is sealed"]).message.contains("sealed"));
+        for code in [307, 412, 429, 472, 473, 500, 502] {
+            assert!(c(code, &[]).is_transient(), "{code}");
+        }
+        for code in [400, 401, 403, 404, 405] {
+            assert!(!c(code, &[]).is_transient(), "{code}");
+        }
+        assert!(
+            c(404, &["namespace not found"])
+                .message
+                .contains("namespace not found")
+        );
+        let skew = c(
+            400,
+            &[
+                "error making upstream request: received error code 403 from STS: \
+                              Signature expired: 20261121T000000Z is now earlier than ...",
+            ],
+        );
+        assert!(
+            skew.is_transient() && skew.message.contains("clock"),
+            "{}",
+            skew.message
+        );
+        assert!(
+            c(
+                400,
+                &["error making upstream request: received error code 503 from STS"]
+            )
+            .is_transient()
+        );
+        let denied = c(
+            400,
+            &[
+                "error making upstream request: received error code 403 from STS: InvalidClientTokenId",
+            ],
+        );
+        assert!(!denied.is_transient());
+        let jwt = c(400, &["token is expired"]);
+        assert!(!jwt.is_transient() && jwt.message.contains("JWT is expired"));
+        // Vault's own words never reach the message.
+        assert!(
+            !c(400, &["secret-ish detail"])
+                .message
+                .contains("secret-ish")
+        );
     }
 }

@@ -425,6 +425,14 @@ impl VaultBackend {
             FetchError::permanent(format!("{what}: Vault's answer is not a mount description"))
         })?;
         let d = info.data;
+        // The mount path is used to build URLs and appears in messages: it must be a path like
+        // the ones we accept, not whatever the server says.
+        let mount = d.path.trim_end_matches('/').to_string();
+        if !valid_path(&mount) {
+            return Err(FetchError::permanent(format!(
+                "{what}: Vault named a mount path that is not a valid path"
+            )));
+        }
         let version = match (
             d.kind.as_str(),
             d.options.and_then(|o| o.version).as_deref(),
@@ -432,14 +440,17 @@ impl VaultBackend {
             ("kv" | "generic", None | Some("1") | Some("")) => 1,
             ("kv", Some("2")) => 2,
             (kind, v) => {
+                let kind = crate::http::sanitize_code(kind).unwrap_or_else(|| "unknown".into());
+                let v = v
+                    .and_then(crate::http::sanitize_code)
+                    .map(|v| format!(" version {v}"))
+                    .unwrap_or_default();
                 return Err(FetchError::permanent(format!(
-                    "{what}: mount `{}` is a `{kind}` engine{}, not KV v1 or v2",
-                    d.path,
-                    v.map(|v| format!(" version {v}")).unwrap_or_default()
+                    "{what}: mount `{mount}` is a `{kind}` engine{v}, not KV v1 or v2"
                 )));
             }
         };
-        Ok((d.path.trim_end_matches('/').to_string(), version))
+        Ok((mount, version))
     }
 
     /// One read attempt; the caller retries transient errors.
