@@ -106,25 +106,6 @@ pub fn sanitize_code(s: &str) -> Option<String> {
     (!c.is_empty()).then_some(c)
 }
 
-/// True for `http(s)://` URLs whose host is a loopback address or `localhost`.
-pub fn is_loopback_url(u: &str) -> bool {
-    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

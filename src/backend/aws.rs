@@ -1,5 +1,6 @@
 //! AWS Secrets Manager, authenticated with the instance role's credentials from IMDSv2.
 
+use super::is_loopback_url;
 use crate::error::{
     FetchError, TooLarge, describe_io, find_io_error, find_too_large, is_tls_error,
 };
@@ -42,25 +43,6 @@ fn valid_url(u: &str) -> bool {
         .strip_prefix("https://")
         .or_else(|| u.strip_prefix("http://"));
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !u.chars().any(char::is_whitespace))
-}
-
-/// True for `http(s)://` URLs whose host is a loopback address or `localhost`.
-fn is_loopback_url(u: &str) -> bool {
-    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host.split(':').next().unwrap_or("")
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// First of: the manifest key, then each environment variable in order.
@@ -145,14 +127,7 @@ pub fn plan(e: &AwsEntry, env: EnvLookup<'_>) -> Result<AwsConfig, Vec<String>> 
             }
         },
     };
-    let timeout = match e.timeout_seconds {
-        None => DEFAULT_TIMEOUT,
-        Some(t) if (1..=300).contains(&t) => Duration::from_secs(t),
-        Some(t) => {
-            errors.push(format!("timeout_seconds = {t}: must be between 1 and 300"));
-            DEFAULT_TIMEOUT
-        }
-    };
+    let timeout = super::timeout_setting(e.timeout_seconds, DEFAULT_TIMEOUT, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }

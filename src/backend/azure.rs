@@ -183,14 +183,7 @@ pub fn plan(e: &AzureEntry, _env: EnvLookup<'_>) -> Result<AzureConfig, Vec<Stri
             "imds_endpoint `{imds_endpoint}` is not an http:// or https:// URL"
         ));
     }
-    let timeout = match e.timeout_seconds {
-        None => DEFAULT_TIMEOUT,
-        Some(t) if (1..=300).contains(&t) => Duration::from_secs(t),
-        Some(t) => {
-            errors.push(format!("timeout_seconds = {t}: must be between 1 and 300"));
-            DEFAULT_TIMEOUT
-        }
-    };
+    let timeout = super::timeout_setting(e.timeout_seconds, DEFAULT_TIMEOUT, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }

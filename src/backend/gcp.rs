@@ -7,8 +7,8 @@
 //! measured reasons). AccessSecretVersion goes through the official
 //! `google-cloud-secretmanager-v1` client with its retry policy off and a per-attempt timeout.
 
+use super::is_loopback_url;
 use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
-use crate::http::is_loopback_url;
 use crate::identity::gce_metadata::{self, GceMetadataSettings, valid_project};
 use crate::manifest::{GcpEntry, SecretEntry};
 use crate::plan::EnvLookup;
@@ -153,14 +153,7 @@ pub fn plan(e: &GcpEntry, _env: EnvLookup<'_>) -> Result<GcpConfig, Vec<String>>
             "service_account `{service_account}` is not `default` or a service account email"
         ));
     }
-    let timeout = match e.timeout_seconds {
-        None => DEFAULT_TIMEOUT,
-        Some(t) if (1..=300).contains(&t) => Duration::from_secs(t),
-        Some(t) => {
-            errors.push(format!("timeout_seconds = {t}: must be between 1 and 300"));
-            DEFAULT_TIMEOUT
-        }
-    };
+    let timeout = super::timeout_setting(e.timeout_seconds, DEFAULT_TIMEOUT, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }

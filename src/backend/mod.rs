@@ -64,6 +64,42 @@ pub struct Fetched {
     pub version: Option<String>,
 }
 
+/// A backend's `timeout_seconds`: 1-300, else an error and the default.
+pub fn timeout_setting(
+    v: Option<u64>,
+    default: std::time::Duration,
+    errors: &mut Vec<String>,
+) -> std::time::Duration {
+    match v {
+        None => default,
+        Some(t) if (1..=300).contains(&t) => std::time::Duration::from_secs(t),
+        Some(t) => {
+            errors.push(format!("timeout_seconds = {t}: must be between 1 and 300"));
+            default
+        }
+    }
+}
+
+/// True for `http(s)://` URLs whose host is a loopback address or `localhost`: plain http is
+/// accepted for those (tests, local agents), refused elsewhere unless `allow_http`.
+pub fn is_loopback_url(u: &str) -> bool {
+    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
+    let authority = rest.split('/').next().unwrap_or("");
+    let host = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// `[[secret]]` keys that only some backend types understand, with how to read each.
 fn backend_specific_keys(e: &SecretEntry) -> [(&'static str, bool); 6] {
     [

@@ -132,14 +132,7 @@ pub fn plan(e: &VaultEntry, env: EnvLookup<'_>) -> Result<VaultConfig, Vec<Strin
     if e.tls_server_name.is_some() && address.starts_with("http://") {
         errors.push("tls_server_name needs an https:// address".to_string());
     }
-    let timeout = match e.timeout_seconds {
-        None => DEFAULT_TIMEOUT,
-        Some(t) if (1..=300).contains(&t) => Duration::from_secs(t),
-        Some(t) => {
-            errors.push(format!("timeout_seconds = {t}: must be between 1 and 300"));
-            DEFAULT_TIMEOUT
-        }
-    };
+    let timeout = crate::backend::timeout_setting(e.timeout_seconds, DEFAULT_TIMEOUT, &mut errors);
     let auth = auth::plan(&e.auth, env)
         .map_err(|errs| errors.extend(errs))
         .ok();
