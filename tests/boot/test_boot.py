@@ -75,6 +75,23 @@ def data_url(text):
     return "data:;base64," + base64.b64encode(text.encode()).decode()
 
 
+def credstore_manifest(name):
+    return f"""[settings]
+layout = "credstore"
+deadline_seconds = 60
+
+[backend.aws]
+type = "aws"
+endpoint = "http://{MOTO_GUEST}"
+allow_http = true
+imds_endpoint = "http://{IMDS_GUEST}"
+
+[[secret]]
+path = "probe-token"
+ref = "{name}/token"
+"""
+
+
 def manifest(name, deadline=90):
     return f"""# boot test manifest: references only
 [settings]
@@ -113,6 +130,11 @@ def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False):
     if refresh_probe:
         cfg["storage"]["files"].append({"path": "/etc/bootsecrets/refresh-probe", "mode": 0o644,
                                         "contents": {"source": data_url("")}})
+        # A second manifest with the credstore layout, for a consumer that reads its credential
+        # with LoadCredential= by its fixed path (through the ..data link).
+        cfg["storage"]["files"].append({
+            "path": "/etc/bootsecrets/credstore.toml", "mode": 0o644,
+            "contents": {"source": data_url(credstore_manifest(name))}})
     for script in ("kubelet-standin", "boot-report", "refresh-probe", "consumer-standin"):
         cfg["storage"]["files"].append({"path": f"/opt/bin/{script}", "mode": 0o755,
                                         "contents": {"source": data_url((HERE / "guest" / script).read_text())}})
@@ -221,6 +243,11 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
                                             f"run {sha('boot-token-next')}"], rep
         assert rep.starting("refresh-status") == ["published"], rep
         assert any("running on_change command" in j for j in rep.starting("journal-refresh")), rep
+        # The credstore layout: the credential's fixed path is a link through ..data, and
+        # systemd's LoadCredential= reads it (a transient unit, as a consumer would).
+        assert rep.starting("credstore-run-exit") == ["0"], rep
+        assert rep.starting("credstore-link") == ["..data/probe-token"], rep
+        assert rep.starting("credstore-loaded")[0].split()[0] == sha("boot-token-1"), rep
         probes = rep.starting("probe")
         assert len(probes) == 4 and all(" 000 exit=" in p and "exit=0" not in p for p in probes), rep
         first_boot_id = rep.starting("boot-id")
