@@ -24,6 +24,43 @@ pub fn metadata_client(timeout: Duration) -> Result<reqwest::Client, FetchError>
         .map_err(|_| FetchError::permanent("cannot set up the HTTP client"))
 }
 
+/// A metadata server's answer: status, `Retry-After`, headers and the body (zeroizing).
+pub struct MetadataAnswer {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Zeroizing<Vec<u8>>,
+}
+
+/// One GET to a link-local metadata server (Azure IMDS, GCE): no proxy, `timeout`, the header
+/// the service requires, the body read with [`MAX_METADATA_BODY`]. Transport failures are
+/// classified here; the caller classifies statuses, which differ per service.
+pub async fn metadata_get(
+    timeout: Duration,
+    url: &str,
+    query: &[(&str, &str)],
+    header: (&str, &str),
+    what: &str,
+) -> Result<MetadataAnswer, FetchError> {
+    let resp = metadata_client(timeout)?
+        .get(url)
+        .query(query)
+        .header(header.0, header.1)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, &format!("{what}: not reachable")))?;
+    let status = resp.status().as_u16();
+    let retry_after = retry_after(resp.headers());
+    let headers = resp.headers().clone();
+    let body = read_body(resp, MAX_METADATA_BODY, what).await?;
+    Ok(MetadataAnswer {
+        status,
+        retry_after,
+        headers,
+        body,
+    })
+}
+
 /// Reads a response body into a zeroizing buffer, refusing more than `limit` bytes. The chunks
 /// `reqwest` hands out are its own buffers and are freed without zeroing (see docs/design.md).
 pub async fn read_body(

@@ -8,7 +8,7 @@
 //! Response bodies are read into zeroizing buffers and never quoted in a message.
 
 use crate::error::FetchError;
-use crate::http::{MAX_METADATA_BODY, metadata_client, read_body, retry_after, sanitize_code};
+use crate::http::sanitize_code;
 use crate::secret::SecretString;
 use serde::Deserialize;
 use std::fmt;
@@ -192,22 +192,19 @@ impl AzureImdsSettings {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, FetchError> {
-        let client = metadata_client(self.timeout)?;
-        let resp = client
-            .get(format!("{}{path}", self.endpoint))
-            .query(query)
-            .header("Metadata", "true")
-            .send()
-            .await
-            .map_err(|e| crate::http::transport_error(&e, &format!("{what}: not reachable")))?;
-        let status = resp.status().as_u16();
-        let hint = retry_after(resp.headers());
-        let body = read_body(resp, MAX_METADATA_BODY, what).await?;
-        if status == 200 {
-            return Ok(body);
+        let answer = crate::http::metadata_get(
+            self.timeout,
+            &format!("{}{path}", self.endpoint),
+            query,
+            ("Metadata", "true"),
+            what,
+        )
+        .await?;
+        if answer.status == 200 {
+            return Ok(answer.body);
         }
-        let mut e = classify_status(status, &body, what);
-        e.retry_after = hint;
+        let mut e = classify_status(answer.status, &answer.body, what);
+        e.retry_after = answer.retry_after;
         Err(e)
     }
 

@@ -8,7 +8,6 @@
 //! proxy or captive portal answering in its place does not. Requests never go through a proxy.
 
 use crate::error::FetchError;
-use crate::http::{MAX_METADATA_BODY, metadata_client, read_body, retry_after};
 use crate::secret::SecretString;
 use serde::Deserialize;
 use std::fmt;
@@ -85,32 +84,29 @@ impl GceMetadataSettings {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, FetchError> {
-        let client = metadata_client(self.timeout)?;
-        let resp = client
-            .get(format!("{}{ROOT}{path}", self.endpoint))
-            .query(query)
-            .header("Metadata-Flavor", "Google")
-            .send()
-            .await
-            .map_err(|e| crate::http::transport_error(&e, &format!("{what}: not reachable")))?;
-        let status = resp.status().as_u16();
-        let flavor_ok = resp
-            .headers()
+        let answer = crate::http::metadata_get(
+            self.timeout,
+            &format!("{}{ROOT}{path}", self.endpoint),
+            query,
+            ("Metadata-Flavor", "Google"),
+            what,
+        )
+        .await?;
+        let flavor_ok = answer
+            .headers
             .get("metadata-flavor")
             .is_some_and(|v| v.as_bytes() == b"Google");
-        let hint = retry_after(resp.headers());
-        let body = read_body(resp, MAX_METADATA_BODY, what).await?;
-        if status == 200 && !flavor_ok {
+        if answer.status == 200 && !flavor_ok {
             return Err(FetchError::permanent(format!(
                 "{what}: the answer lacks `Metadata-Flavor: Google`; this is not a GCE metadata \
                  server (a proxy or another service answered)"
             )));
         }
-        if status == 200 {
-            return Ok(body);
+        if answer.status == 200 {
+            return Ok(answer.body);
         }
-        let mut e = classify_status(status, what);
-        e.retry_after = hint;
+        let mut e = classify_status(answer.status, what);
+        e.retry_after = answer.retry_after;
         Err(e)
     }
 

@@ -540,7 +540,7 @@ pub async fn login(
             let vm = imds.compute().await?;
             let body = Zeroizing::new(azure_login_body(role, &token.token, &vm)?);
             let resp = api
-                .post(&format!("auth/{mount}/login"), body.to_vec(), &what)
+                .post(&format!("auth/{mount}/login"), body.to_vec(), None, &what)
                 .await?;
             login_answer(&resp, &what)
         }
@@ -627,7 +627,12 @@ async fn unwrap_secret_id(file: &str, api: &Api) -> Result<SecretString, FetchEr
     let what = "unwrapping the AppRole secret_id";
     let wrapping = credfile::read_credential("secret_id_file", file)?;
     let resp = api
-        .post_as(&wrapping, "sys/wrapping/unwrap", Vec::from(*b"{}"), what)
+        .post(
+            "sys/wrapping/unwrap",
+            Vec::from(*b"{}"),
+            Some(&wrapping),
+            what,
+        )
         .await?;
     if resp.code != 200 {
         let mut e = resp.error(what);

@@ -304,11 +304,14 @@ impl Api {
         self.send(self.http.get(url), None, what).await
     }
 
-    /// POSTs a JSON body with the client's token, if it has one (none during a login).
+    /// POSTs a JSON body, with `token` as the request's token if given, else the client's (none
+    /// during a login). reqwest owns the body once sent and frees it without zeroing (see
+    /// docs/design.md).
     pub async fn post(
         &self,
         path: &str,
         body: Vec<u8>,
+        token: Option<&SecretString>,
         what: &str,
     ) -> Result<Response, FetchError> {
         let url = format!("{}/v1/{path}", self.base);
@@ -317,25 +320,7 @@ impl Api {
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body);
-        self.send(req, None, what).await
-    }
-
-    /// POSTs a JSON body with `token` as the request's token. reqwest owns the body once sent and
-    /// frees it without zeroing (see docs/design.md).
-    pub async fn post_as(
-        &self,
-        token: &SecretString,
-        path: &str,
-        body: Vec<u8>,
-        what: &str,
-    ) -> Result<Response, FetchError> {
-        let url = format!("{}/v1/{path}", self.base);
-        let req = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-        self.send(req, Some(token), what).await
+        self.send(req, token, what).await
     }
 }
 
