@@ -158,7 +158,11 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
         let opts = runner::RunOptions {
             allow_non_tmpfs: args.allow_non_tmpfs,
         };
-        rt.block_on(runner::run(&p, &opts))
+        let result = rt.block_on(runner::run(&p, &opts));
+        // Without waiting for blocking tasks: a DNS lookup (getaddrinfo on a blocking thread)
+        // that the deadline abandoned may still hang, and must not keep the process alive.
+        rt.shutdown_background();
+        result
     })();
     match result {
         Ok(_) => ExitCode::SUCCESS,

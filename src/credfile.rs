@@ -20,7 +20,7 @@ use nix::unistd::{Uid, geteuid};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use zeroize::Zeroizing;
 
@@ -98,10 +98,15 @@ pub fn check_ancestors(what: &str, path: &Path) -> Result<(), String> {
 
 /// Opens `path` the careful way: resolved to its real path first (symlinks on the way are
 /// allowed, e.g. /var/run -> /run, but the directories that are then checked are the real
-/// ones), every directory of the real path checked, the file itself opened with `O_NOFOLLOW`
-/// (a link swapped in after resolving is refused), `O_NONBLOCK` and `O_NOCTTY` (a FIFO or a
-/// terminal cannot block or capture the run). Returns the file and its `fstat`.
-fn open_checked(what: &str, path: &Path) -> Result<(File, nix::sys::stat::FileStat), String> {
+/// ones), every directory of the real path checked, the file's owner and type checked before it
+/// is opened (the unit runs without `CAP_DAC_OVERRIDE`: a file of another user's would otherwise
+/// surface as a bare "permission denied"), then the file itself opened with `O_NOFOLLOW` (a link
+/// swapped in after resolving is refused), `O_NONBLOCK` and `O_NOCTTY` (a FIFO or a terminal
+/// cannot block or capture the run). Returns the real path, the file and its `fstat`.
+fn open_checked(
+    what: &str,
+    path: &Path,
+) -> Result<(PathBuf, File, nix::sys::stat::FileStat), String> {
     let shown = path.display();
     let real = std::fs::canonicalize(path).map_err(|e| {
         format!(
@@ -110,6 +115,12 @@ fn open_checked(what: &str, path: &Path) -> Result<(File, nix::sys::stat::FileSt
         )
     })?;
     check_ancestors(&format!("{what} `{shown}`"), &real)?;
+    if let Ok(st) = nix::sys::stat::lstat(&real) {
+        if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+            return Err(format!("{what} `{shown}` is not a regular file"));
+        }
+        owner_ok(st.st_uid).map_err(|e| format!("{what} `{shown}` {e}"))?;
+    }
     let fd = nix::fcntl::open(
         &real,
         OFlag::O_RDONLY
@@ -122,7 +133,7 @@ fn open_checked(what: &str, path: &Path) -> Result<(File, nix::sys::stat::FileSt
     .map_err(|e| format!("{what} `{shown}` cannot be opened: {e}"))?;
     let f = File::from(fd);
     let st = fstat(f.as_fd()).map_err(|e| format!("{what} `{shown}` cannot be examined: {e}"))?;
-    Ok((f, st))
+    Ok((real, f, st))
 }
 
 /// Reads a file that decides what bootsecrets does (the manifest): regular, owned by root, not
@@ -134,7 +145,7 @@ pub fn read_trusted(what: &str, path: &Path) -> Result<String, String> {
 
 /// [`read_trusted`] for binary content (a CA bundle), at most `max` bytes.
 pub fn read_trusted_bytes(what: &str, path: &Path, max: u64) -> Result<Vec<u8>, String> {
-    let (f, st) = open_checked(what, path)?;
+    let (_, f, st) = open_checked(what, path)?;
     check_stat(&st, Kind::Trusted, &format!("{what} {}", path.display()))
         .map_err(|e| format!("{what} `{}` {e}", path.display()))?;
     let mut buf = Vec::new();
@@ -152,17 +163,50 @@ pub fn read_trusted_bytes(what: &str, path: &Path, max: u64) -> Result<Vec<u8>, 
 
 /// An `on_change` program: a regular file owned by root, not writable by others, executable, in
 /// safe directories. Checked when the manifest is validated and again just before it runs, since
-/// it runs as root.
-pub fn check_executable(what: &str, path: &str) -> Result<(), String> {
+/// it runs as root. Returns the resolved real path that was checked: that path, not the one the
+/// manifest wrote, is what runs, so a symbolic link swapped after the check changes nothing (every
+/// directory on the resolved path is root's alone).
+pub fn check_executable(what: &str, path: &str) -> Result<PathBuf, String> {
     if !Path::new(path).is_absolute() {
         return Err(format!("{what} `{path}` must be an absolute path"));
     }
-    let (_, st) = open_checked(what, Path::new(path))?;
+    let (real, _, st) = open_checked(what, Path::new(path))?;
     check_stat(&st, Kind::Trusted, path).map_err(|e| format!("{what} `{path}` {e}"))?;
     if st.st_mode & 0o111 == 0 {
         return Err(format!("{what} `{path}` is not executable"));
     }
-    Ok(())
+    Ok(real)
+}
+
+/// The `PATH` handed to programs bootsecrets runs as root: the `candidates` that exist and whose
+/// whole real path is root's alone (owned by root, not writable by group or others; the
+/// directory itself not even when sticky). Never relaxed by `--allow-insecure-permissions`: a
+/// writable directory in root's `PATH` lets its writers choose what runs.
+pub fn safe_search_path(candidates: &[&str]) -> String {
+    let safe = |dir: &str| -> bool {
+        let Ok(real) = std::fs::canonicalize(dir) else {
+            return false;
+        };
+        let mut chain = vec![real.clone()];
+        let mut d = real;
+        while d.pop() {
+            chain.push(d.clone());
+        }
+        chain.iter().enumerate().all(|(i, d)| {
+            nix::sys::stat::stat(d.as_path()).is_ok_and(|st| {
+                let m = Mode::from_bits_truncate(st.st_mode);
+                let writable = m.intersects(Mode::S_IWGRP | Mode::S_IWOTH);
+                st.st_uid == 0 && (!writable || (i > 0 && m.contains(Mode::S_ISVTX)))
+            })
+        })
+    };
+    let kept: Vec<&str> = candidates.iter().copied().filter(|d| safe(d)).collect();
+    for d in candidates.iter().filter(|d| !kept.contains(d)) {
+        log::debug!(
+            "{d} is left out of the PATH of on_change commands: missing, or not root's alone"
+        );
+    }
+    kept.join(":")
 }
 
 /// Largest CA bundle read.
@@ -212,7 +256,7 @@ pub fn check(what: &str, path: &str, kind: Kind) -> Result<(), String> {
     if !Path::new(path).is_absolute() {
         return Err(format!("{what} `{path}` must be an absolute path"));
     }
-    let (_, st) = open_checked(what, Path::new(path))?;
+    let (_, _, st) = open_checked(what, Path::new(path))?;
     check_stat(&st, kind, path)
         .and_then(|_| check_size(&st))
         .map_err(|e| format!("{what} `{path}` {e}"))
@@ -222,15 +266,33 @@ pub fn check(what: &str, path: &str, kind: Kind) -> Result<(), String> {
 /// newline) is removed. The content must be non-empty printable ASCII: it becomes an HTTP header
 /// or a JSON string, and an invalid byte there must be an error, never a panic.
 pub fn read_credential(what: &str, path: &str) -> Result<SecretString, FetchError> {
-    let (f, st) = open_checked(what, Path::new(path)).map_err(FetchError::permanent)?;
+    let (_, mut f, st) = open_checked(what, Path::new(path)).map_err(FetchError::permanent)?;
     check_stat(&st, Kind::Credential, path)
         .and_then(|_| check_size(&st))
         .map_err(|e| FetchError::permanent(format!("{what} `{path}` {e}")))?;
-    let mut buf = Zeroizing::new(Vec::with_capacity(st.st_size.max(0) as usize + 1));
-    f.take(MAX_LEN + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| FetchError::permanent(format!("{what} `{path}` cannot be read: {e}")))?;
-    let text = buf.trim_ascii();
+    // One buffer of the limit and one byte more, allocated once: reading never reallocates (which
+    // would leave an unzeroed copy behind), and never reads past the limit even if the file grew
+    // after the size check.
+    let mut buf = Zeroizing::new(vec![0u8; MAX_LEN as usize + 1]);
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(FetchError::permanent(format!(
+                    "{what} `{path}` cannot be read: {e}"
+                )));
+            }
+        }
+    }
+    if n as u64 > MAX_LEN {
+        return Err(FetchError::permanent(format!(
+            "{what} `{path}` is larger than {MAX_LEN} bytes"
+        )));
+    }
+    let text = buf[..n].trim_ascii();
     if text.is_empty() {
         return Err(FetchError::permanent(format!("{what} `{path}` is empty")));
     }
@@ -302,5 +364,49 @@ mod tests {
                 .contains("regular")
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_credential_is_read_up_to_its_limit_and_no_further() {
+        let dir = std::env::temp_dir().join(format!("bs-credlimit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let at = file(&dir, "at", &"a".repeat(MAX_LEN as usize), 0o600);
+        assert_eq!(
+            read_credential("t", &at).unwrap().expose().len(),
+            MAX_LEN as usize
+        );
+        let over = file(&dir, "over", &"a".repeat(MAX_LEN as usize + 1), 0o600);
+        assert!(
+            read_credential("t", &over)
+                .unwrap_err()
+                .message
+                .contains("larger")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_search_path_keeps_only_root_only_directories() {
+        if !geteuid().is_root() {
+            return;
+        }
+        let base = PathBuf::from(format!("/dev/shm/bs-path-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (ok, open, other) = (base.join("ok"), base.join("open"), base.join("other"));
+        for d in [&ok, &open, &other] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&ok, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        nix::unistd::chown(&other, Some(Uid::from_raw(65534)), None).unwrap();
+        let p = safe_search_path(&[
+            ok.to_str().unwrap(),
+            open.to_str().unwrap(),
+            other.to_str().unwrap(),
+            "/nonexistent-bootsecrets",
+        ]);
+        assert_eq!(p, ok.to_str().unwrap());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }

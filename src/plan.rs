@@ -7,6 +7,9 @@
 
 use crate::backend::{self, BackendConfig, SecretRef};
 use crate::manifest::{Manifest, SecretEntry};
+use crate::names::RelPath;
+use crate::settings::{DEFAULT_MAX_RESPONSE, DEFAULT_MAX_SECRET};
+use crate::settings::{EnvLookup, Limits, MAX_LIMIT, process_env};
 use anyhow::{Context, Result, anyhow};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,8 +24,6 @@ pub const MAX_DEADLINE_SECONDS: u64 = 3600;
 pub const DEFAULT_CONCURRENCY: usize = 4;
 pub const MAX_CONCURRENCY: usize = 64;
 pub const DEFAULT_MODE: u32 = 0o400;
-/// Names starting with this are bootsecrets' own temporary files; outputs may not use it.
-pub const TEMP_PREFIX: &str = ".bootsecrets-tmp.";
 
 /// A user or group: the name as written (or the number) and the resolved id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,66 +35,6 @@ pub struct Principal {
 impl fmt::Display for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)
-    }
-}
-
-/// A validated output path: one or more normal components, relative to the output root.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RelPath(Vec<String>);
-
-impl RelPath {
-    pub fn parse(s: &str) -> Result<RelPath, String> {
-        if s.is_empty() {
-            return Err("is empty".into());
-        }
-        if s.starts_with('/') {
-            return Err("is absolute; output paths are relative to output_root".into());
-        }
-        if s.contains('\0') {
-            return Err("contains a NUL byte".into());
-        }
-        let mut parts = Vec::new();
-        for c in s.split('/') {
-            match c {
-                "" => return Err("has an empty component (`//` or a trailing `/`)".into()),
-                "." | ".." => return Err(format!("has a `{c}` component")),
-                _ if c.len() > 255 => return Err("has a component longer than 255 bytes".into()),
-                _ if c.starts_with(TEMP_PREFIX) => {
-                    return Err(format!("uses the reserved prefix `{TEMP_PREFIX}`"));
-                }
-                _ if c.starts_with("..") => {
-                    return Err(
-                        "has a component starting with `..` (reserved for `..data` and the \
-                         version directories)"
-                            .into(),
-                    );
-                }
-                crate::writer::STATUS_FILE if parts.is_empty() => {
-                    return Err(format!(
-                        "`{}` is reserved for the status file",
-                        crate::writer::STATUS_FILE
-                    ));
-                }
-                _ => parts.push(c.to_string()),
-            }
-        }
-        Ok(RelPath(parts))
-    }
-
-    pub fn components(&self) -> &[String] {
-        &self.0
-    }
-
-    /// Parent directories (possibly none) and the file name.
-    pub fn split(&self) -> (&[String], &str) {
-        let (last, dirs) = self.0.split_last().expect("RelPath is never empty");
-        (dirs, last)
-    }
-}
-
-impl fmt::Display for RelPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.join("/"))
     }
 }
 
@@ -131,6 +72,9 @@ pub struct SecretPlan {
 
 #[derive(Debug)]
 pub struct Plan {
+    /// The real path of the manifest this plan was read from (`None` for a plan built in memory):
+    /// the output root records it, and refuses the secrets of another manifest.
+    pub manifest_path: Option<PathBuf>,
     pub layout: Layout,
     pub limits: Limits,
     pub output_root: PathBuf,
@@ -145,43 +89,19 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
-/// Size limits: a value larger than `max_secret` or a backend response larger than `max_response`
-/// is refused (the response as soon as its size is known, never buffered in full).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub max_secret: u64,
-    pub max_response: u64,
-}
-
-/// 1 MiB: systemd's limit for one credential (`CREDENTIAL_SIZE_MAX`).
-pub const DEFAULT_MAX_SECRET: u64 = 1024 * 1024;
-pub const DEFAULT_MAX_RESPONSE: u64 = 4 * 1024 * 1024;
-const MAX_LIMIT: u64 = 64 * 1024 * 1024;
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_secret: DEFAULT_MAX_SECRET,
-            max_response: DEFAULT_MAX_RESPONSE,
-        }
-    }
-}
-
-/// Where the environment comes from; tests pass their own.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
 /// Reads, parses and validates a manifest file.
 pub fn load(path: &Path) -> Result<Plan> {
     let text = crate::credfile::read_trusted("manifest", path).map_err(|e| anyhow!(e))?;
     let manifest = crate::manifest::parse(&text)
         .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
         .with_context(|| format!("manifest {} is not valid", path.display()))?;
-    Plan::build(&manifest, &process_env)
-        .with_context(|| format!("manifest {} is not valid", path.display()))
+    let mut plan = Plan::build(&manifest, &process_env)
+        .with_context(|| format!("manifest {} is not valid", path.display()))?;
+    plan.manifest_path = Some(
+        std::fs::canonicalize(path)
+            .with_context(|| format!("cannot resolve manifest {}", path.display()))?,
+    );
+    Ok(plan)
 }
 
 /// Parses an octal mode written as a string (`"0440"`), refusing any access for other users and
@@ -201,13 +121,40 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
             "mode `{s}` grants access to other users; secrets may be readable by owner and group only"
         ));
     }
+    if m & 0o020 != 0 {
+        return Err(format!(
+            "mode `{s}` lets the group write the file; one consumer could change what another \
+             reads (use \"0440\" or \"0640\")"
+        ));
+    }
     if m & 0o400 == 0 {
         return Err(format!("mode `{s}` does not let the owner read the file"));
     }
     Ok(m)
 }
 
+/// `(uid_t)-1`: `chown` reads it as "leave unchanged", so it can never be an owner.
+const NO_ID: u32 = u32::MAX;
+
+fn usable_id(p: Principal, what: &str) -> Result<Principal, String> {
+    if p.id == NO_ID {
+        return Err(format!(
+            "{what} `{}` has id {NO_ID}, which chown reads as \"leave unchanged\"; choose another",
+            p.name
+        ));
+    }
+    Ok(p)
+}
+
 pub fn resolve_user(s: &str) -> Result<Principal, String> {
+    resolve_user_id(s).and_then(|p| usable_id(p, "user"))
+}
+
+pub fn resolve_group(s: &str) -> Result<Principal, String> {
+    resolve_group_id(s).and_then(|p| usable_id(p, "group"))
+}
+
+fn resolve_user_id(s: &str) -> Result<Principal, String> {
     if let Ok(id) = s.parse::<u32>() {
         return Ok(Principal {
             name: s.to_string(),
@@ -224,7 +171,7 @@ pub fn resolve_user(s: &str) -> Result<Principal, String> {
     }
 }
 
-pub fn resolve_group(s: &str) -> Result<Principal, String> {
+fn resolve_group_id(s: &str) -> Result<Principal, String> {
     if let Ok(id) = s.parse::<u32>() {
         return Ok(Principal {
             name: s.to_string(),
@@ -267,6 +214,27 @@ fn current_group() -> Principal {
     }
 }
 
+/// Directories others use too: never an output root (`/` is refused as well).
+const SHARED_DIRS: [&str; 17] = [
+    "/dev",
+    "/dev/shm",
+    "/run",
+    "/run/user",
+    "/run/lock",
+    "/run/systemd",
+    "/tmp",
+    "/var",
+    "/var/tmp",
+    "/var/run",
+    "/etc",
+    "/usr",
+    "/home",
+    "/root",
+    "/opt",
+    "/proc",
+    "/sys",
+];
+
 fn validate_root(s: &str) -> Result<PathBuf, String> {
     if !s.starts_with('/') {
         return Err(format!("output_root `{s}` must be an absolute path"));
@@ -276,6 +244,13 @@ fn validate_root(s: &str) -> Result<PathBuf, String> {
         return Err("output_root must not be `/`".into());
     }
     RelPath::parse(&trimmed[1..]).map_err(|e| format!("output_root `{s}` {e}"))?;
+    if SHARED_DIRS.contains(&trimmed) {
+        return Err(format!(
+            "output_root `{s}` is a directory the system shares; bootsecrets takes its root over \
+             (mode, owner, clean-up), so it must be a directory of its own, such as \
+             `{DEFAULT_OUTPUT_ROOT}` or `{trimmed}/bootsecrets`"
+        ));
+    }
     Ok(PathBuf::from(trimmed))
 }
 
@@ -352,6 +327,17 @@ impl Plan {
             current_group,
         );
         let root_mode = if s.root_group.is_some() { 0o750 } else { 0o700 };
+        // The unit keeps CAP_CHOWN alone: root cannot enter or write a 0700/0750 directory that
+        // another user owns, so the root must be owned by the user bootsecrets runs as.
+        let euid = nix::unistd::geteuid().as_raw();
+        if root_owner.id != 0 && root_owner.id != euid {
+            errors.push(format!(
+                "settings.root_owner `{}`: the output root must be owned by root (the unit runs \
+                 bootsecrets as root with CAP_CHOWN only, which cannot enter a directory another \
+                 user owns); give a consumer access with root_group and the file's owner instead",
+                root_owner
+            ));
+        }
 
         let deadline = match s.deadline_seconds {
             None => DEFAULT_DEADLINE,
@@ -480,6 +466,7 @@ impl Plan {
         if layout == Layout::Credstore {
             credstore_rules(&mut errors, s.root_group.is_some(), &root_owner, &secrets);
         }
+        warnings.extend(unit_timeouts(deadline, &backends, &secrets));
         if !errors.is_empty() {
             let n = errors.len();
             return Err(anyhow!(
@@ -489,6 +476,7 @@ impl Plan {
             ));
         }
         Ok(Plan {
+            manifest_path: None,
             layout,
             limits,
             output_root,
@@ -566,6 +554,53 @@ impl Plan {
         }
         out
     }
+}
+
+/// The longest a run can take: the deadline, then the backends' clean-up (Vault token
+/// revocation) and the `on_change` commands, which each have a budget of their own, and some
+/// slack. Must fit the units' `TimeoutStartSec=`, or systemd kills a run that was still keeping
+/// its promises.
+pub fn worst_case(
+    deadline: Duration,
+    backends: &BTreeMap<String, BackendConfig>,
+    secrets: &[SecretPlan],
+) -> Duration {
+    let mut t = deadline + crate::settings::SLACK;
+    if backends.values().any(|b| b.kind() == "vault") {
+        t += crate::settings::FINISH_BUDGET;
+    }
+    if secrets.iter().any(|s| s.on_change.is_some()) {
+        t += crate::settings::ACTION_BUDGET;
+    }
+    t
+}
+
+/// Warnings for settings that cannot fit the shipped units' `TimeoutStartSec=`.
+fn unit_timeouts(
+    deadline: Duration,
+    backends: &BTreeMap<String, BackendConfig>,
+    secrets: &[SecretPlan],
+) -> Vec<String> {
+    let worst = worst_case(deadline, backends, secrets);
+    let mut out = Vec::new();
+    for (name, text) in [
+        (crate::units::UNIT_NAME, crate::units::UNIT),
+        (crate::units::REFRESH_UNIT_NAME, crate::units::REFRESH_UNIT),
+    ] {
+        if let Some(limit) = crate::units::timeout_start(text)
+            && worst > limit
+        {
+            out.push(format!(
+                "a run may take up to {} s (deadline_seconds {} + token revocation, on_change \
+                 commands and slack), more than {name}'s TimeoutStartSec={}: systemd would kill \
+                 it first. Lower settings.deadline_seconds or raise TimeoutStartSec in a drop-in",
+                worst.as_secs(),
+                deadline.as_secs(),
+                limit.as_secs()
+            ));
+        }
+    }
+    out
 }
 
 /// The systemd credential store convention: a root-only directory of root-only files named by

@@ -10,14 +10,10 @@ use base64::Engine;
 use ignition_config::v3_3 as ign;
 use std::fmt::Write;
 
-pub const UNIT: &str = include_str!("../units/bootsecrets.service");
-pub const KUBELET_DROPIN: &str = include_str!("../units/kubelet.service.d/10-bootsecrets.conf");
-pub const UNIT_NAME: &str = "bootsecrets.service";
-pub const REFRESH_UNIT: &str = include_str!("../units/bootsecrets-refresh.service");
-pub const REFRESH_TIMER: &str = include_str!("../units/bootsecrets-refresh.timer");
-pub const REFRESH_UNIT_NAME: &str = "bootsecrets-refresh.service";
-pub const REFRESH_TIMER_NAME: &str = "bootsecrets-refresh.timer";
-pub const KUBELET_DROPIN_NAME: &str = "10-bootsecrets.conf";
+pub use crate::units::{
+    KUBELET_DROPIN, KUBELET_DROPIN_NAME, REFRESH_TIMER, REFRESH_TIMER_NAME, REFRESH_UNIT,
+    REFRESH_UNIT_NAME, UNIT, UNIT_NAME,
+};
 pub const BINARY_PATH: &str = "/opt/bin/bootsecrets";
 pub const MANIFEST_PATH: &str = "/etc/bootsecrets/manifest.toml";
 

@@ -6,11 +6,13 @@ use crate::extract;
 use crate::plan::{Plan, SecretPlan};
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::Secret;
-use crate::status;
+use crate::status::{self, Previous};
 use crate::writer::{Output, OutputRoot, Publication, RootSpec};
+use anyhow::Context as _;
 use anyhow::anyhow;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
 #[derive(Debug, Default, Clone)]
@@ -81,14 +83,24 @@ async fn fetch_one(
     })
 }
 
+/// What the run knows before it fetches: the previous status, and when the run started.
+struct Context<'a> {
+    plan: &'a Plan,
+    root: &'a OutputRoot,
+    previous: &'a Previous,
+    started: SystemTime,
+    start: Instant,
+}
+
 /// Fetches every secret (bounded concurrency; the first failure cancels the rest), then publishes
-/// them all at once.
+/// them all at once. Just before the flip, the status file records the coming set and the
+/// `on_change` actions it will owe, so a crash right after the flip forgets neither.
 async fn fetch_and_publish(
-    plan: &Plan,
+    cx: &Context<'_>,
     backends: &BTreeMap<&str, Backend>,
     deadline: &Deadline,
-    root: &OutputRoot,
 ) -> Result<(Vec<Done>, Publication), RunError> {
+    let plan = cx.plan;
     let mut done: Vec<Done> = stream::iter(plan.secrets.iter().enumerate())
         .map(|(i, s)| {
             fetch_one(
@@ -118,12 +130,19 @@ async fn fetch_and_publish(
             }
         })
         .collect();
-    let publication = root.publish(&outputs).map_err(|e| {
-        RunError::Failed(e.context(format!(
-            "cannot write the secrets to {}; nothing was published",
-            root.path().display()
-        )))
-    })?;
+    let publication = cx
+        .root
+        .publish(&outputs, cx.previous.known.as_ref(), &mut |p| {
+            let owed = owed_actions(plan, &done, p, &cx.previous.pending);
+            let st = status_of(cx, Outcome::Publishing(&done, p), &[], &owed);
+            write_status(cx.root, &st).context("cannot record the new set before publishing it")
+        })
+        .map_err(|e| {
+            RunError::Failed(e.context(format!(
+                "cannot write the secrets to {}; nothing was published",
+                cx.root.path().display()
+            )))
+        })?;
     drop(outputs);
     Ok((done, publication))
 }
@@ -148,25 +167,26 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     })
     .map_err(RunError::Failed)?;
 
-    let previous_status = root.read_status();
-    let pending = status::previous_pending(previous_status.as_deref());
-    let result = connect_fetch_publish(plan, &deadline, &root).await;
+    let previous = status::previous(root.read_status().as_deref());
+    check_owner(plan, &root, &previous)?;
+    let cx = Context {
+        plan,
+        root: &root,
+        previous: &previous,
+        started,
+        start,
+    };
+    let result = connect_fetch_publish(&cx, &deadline).await;
     let mut actions = Vec::new();
     if let Ok((done, publication)) = &result {
         log_publication(plan, done, publication);
-        let owed = owed_actions(plan, done, publication, &pending);
+        let owed = owed_actions(plan, done, publication, &previous.pending);
         if !owed.is_empty() {
             // Recorded before they run: a run killed meanwhile leaves them pending.
-            let status = status_of(
-                plan,
-                &result,
-                &[],
-                &owed,
-                previous_status.as_deref(),
-                started,
-                start.elapsed(),
-            );
-            write_status(&root, &status);
+            let st = status_of(&cx, Outcome::Published(done, publication), &[], &owed);
+            if let Err(e) = write_status(&root, &st) {
+                log::warn!("{e:#}");
+            }
             actions = run_actions(owed).await;
         }
     }
@@ -177,18 +197,16 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             .map(|a| a.argv.clone())
             .collect(),
         // Nothing ran: everything owed before is still owed.
-        Err(_) => pending.clone(),
+        Err(_) => previous.pending.clone(),
     };
-    let status = status_of(
-        plan,
-        &result,
-        &actions,
-        &still_pending,
-        previous_status.as_deref(),
-        started,
-        start.elapsed(),
-    );
-    write_status(&root, &status);
+    let outcome = match &result {
+        Ok((done, publication)) => Outcome::Published(done, publication),
+        Err(e) => Outcome::Failed(e),
+    };
+    let st = status_of(&cx, outcome, &actions, &still_pending);
+    if let Err(e) = write_status(&root, &st) {
+        log::warn!("{e:#}");
+    }
     let (done, publication) = result?;
     let failed: Vec<&Action> = actions.iter().filter(|a| !a.ok).collect();
 
@@ -226,6 +244,26 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     Ok(summary)
 }
 
+/// One output root belongs to one manifest: a second manifest pointed at the same root would
+/// publish its own set over the first one's (and remove the first one's files). The status file
+/// names the owner; a root without one (new, or from an older version) is taken over.
+fn check_owner(plan: &Plan, root: &OutputRoot, previous: &Previous) -> Result<(), RunError> {
+    let (Some(owner), Some(mine)) = (&previous.manifest, &plan.manifest_path) else {
+        return Ok(());
+    };
+    if Path::new(owner) == mine.as_path() {
+        return Ok(());
+    }
+    Err(RunError::Failed(anyhow!(
+        "output root {root} holds the secrets of manifest {owner} (see {root}/{status}), not of \
+         {mine}: give each manifest its own settings.output_root, or remove {root} (bootsecrets \
+         recreates it) to hand it over",
+        root = root.path().display(),
+        status = crate::writer::STATUS_FILE,
+        mine = mine.display(),
+    )))
+}
+
 /// One line per secret (written or unchanged) and per removed path: sizes, modes, versions and
 /// timings, never values.
 fn log_publication(plan: &Plan, done: &[Done], publication: &Publication) {
@@ -256,10 +294,10 @@ fn log_publication(plan: &Plan, done: &[Done], publication: &Publication) {
 /// Identity, fetch and publication. Backends that logged in are always finished (their tokens
 /// revoked) before this returns, whatever happened.
 async fn connect_fetch_publish(
-    plan: &Plan,
+    cx: &Context<'_>,
     deadline: &Deadline,
-    root: &OutputRoot,
 ) -> Result<(Vec<Done>, Publication), RunError> {
+    let plan = cx.plan;
     // Identity: every backend in use, concurrently.
     let mut attempts: futures_util::stream::FuturesUnordered<_> = plan
         .used_backends()
@@ -305,7 +343,7 @@ async fn connect_fetch_publish(
     drop(attempts);
     let result = match failure {
         Some(e) => Err(e),
-        None => fetch_and_publish(plan, &backends, deadline, root).await,
+        None => fetch_and_publish(cx, &backends, deadline).await,
     };
     futures_util::future::join_all(backends.values().map(Backend::finish)).await;
     result
@@ -319,10 +357,10 @@ pub struct Action {
     pub ok: bool,
 }
 
-/// Time all `on_change` commands of one run may take together (each is killed at the end of
-/// it). With the default 120 s deadline and the 5 s token revocation this stays below both units'
-/// `TimeoutStartSec=` (180 s and 300 s).
-pub const ACTION_BUDGET: Duration = Duration::from_secs(45);
+/// A run takes at most `deadline_seconds` + [`crate::settings::FINISH_BUDGET`] (token revocation)
+/// + this + [`crate::settings::SLACK`]; `check` warns when that does not fit the shipped units'
+/// `TimeoutStartSec=` (see docs/reliability.md).
+pub use crate::settings::ACTION_BUDGET;
 
 /// The `on_change` commands this run owes, in manifest order, each once: those of the secrets a
 /// refresh changed (never on the first publication, at boot, when no consumer runs yet), and
@@ -346,10 +384,24 @@ fn owed_actions(
     commands
 }
 
-/// Runs the owed `on_change` commands with an empty environment but for `PATH`, no stdin, and
-/// the unit's stdout and stderr (the journal); no value or token reaches them.
+/// The directories the `PATH` of an `on_change` command may hold, in order; those not owned by
+/// root or writable by group or others (on the whole path) are left out when it runs.
+pub const ACTION_PATH: [&str; 6] = [
+    "/usr/local/sbin",
+    "/usr/local/bin",
+    "/usr/sbin",
+    "/usr/bin",
+    "/sbin",
+    "/bin",
+];
+
+/// Runs the owed `on_change` commands with an empty environment but for a `PATH` of root's own
+/// directories, no stdin, and the unit's stdout and stderr (the journal); no value or token
+/// reaches them. Each program is checked (StrictModes) just before it runs, and the path that
+/// runs is the resolved one that was checked, so a link swapped in between cannot change it.
 async fn run_actions(commands: Vec<Vec<String>>) -> Vec<Action> {
     let budget_end = tokio::time::Instant::now() + ACTION_BUDGET;
+    let path = crate::credfile::safe_search_path(&ACTION_PATH);
     let mut out = Vec::new();
     for argv in commands {
         let command = argv.join(" ");
@@ -366,10 +418,13 @@ async fn run_actions(commands: Vec<Vec<String>>) -> Vec<Action> {
                 ok,
             });
         };
-        if let Err(e) = crate::credfile::check_executable("on_change command", &argv[0]) {
-            done(format!("refused: {e}"), false, argv);
-            continue;
-        }
+        let program = match crate::credfile::check_executable("on_change command", &argv[0]) {
+            Ok(p) => p,
+            Err(e) => {
+                done(format!("refused: {e}"), false, argv);
+                continue;
+            }
+        };
         let left = budget_end.saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
             done(
@@ -383,68 +438,78 @@ async fn run_actions(commands: Vec<Vec<String>>) -> Vec<Action> {
             continue;
         }
         log::info!("running on_change command `{command}`");
-        let child = tokio::process::Command::new(&argv[0])
-            .args(&argv[1..])
-            .env_clear()
-            .env(
-                "PATH",
-                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            )
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn();
-        let (ok, result) = match child {
-            Err(e) => (
-                false,
-                format!("cannot start: {}", crate::error::describe_io(&e)),
-            ),
-            Ok(mut c) => match tokio::time::timeout(left, c.wait()).await {
-                Err(_) => (false, format!("killed after {} s", left.as_secs())),
-                Ok(Err(e)) => (
-                    false,
-                    format!("cannot wait: {}", crate::error::describe_io(&e)),
-                ),
-                Ok(Ok(st)) if st.success() => (true, "exit 0".to_string()),
-                Ok(Ok(st)) => (
-                    false,
-                    match st.code() {
-                        Some(c) => format!("exit {c}"),
-                        None => "killed by a signal".to_string(),
-                    },
-                ),
-            },
-        };
+        let (ok, result) = run_checked(&program, &argv, &path, left).await;
         done(result, ok, argv);
     }
     out
 }
 
-fn write_status(root: &OutputRoot, status: &status::Status) {
-    match serde_json::to_vec_pretty(status) {
-        Ok(json) => {
-            if let Err(e) = root.write_status(&json) {
-                log::warn!("cannot write the status file: {e:#}");
-            }
-        }
-        Err(e) => log::warn!("cannot encode the status file: {e}"),
+/// Runs the checked, resolved `program` with `argv` (`argv[0]` as the manifest wrote it, which
+/// multi-call programs read) and `path` as the whole environment, for at most `left`.
+async fn run_checked(
+    program: &Path,
+    argv: &[String],
+    path: &str,
+    left: Duration,
+) -> (bool, String) {
+    let child = tokio::process::Command::new(program)
+        .arg0(&argv[0])
+        .args(&argv[1..])
+        .env_clear()
+        .env("PATH", path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    match child {
+        Err(e) => (
+            false,
+            format!("cannot start: {}", crate::error::describe_io(&e)),
+        ),
+        Ok(mut c) => match tokio::time::timeout(left, c.wait()).await {
+            Err(_) => (false, format!("killed after {} s", left.as_secs())),
+            Ok(Err(e)) => (
+                false,
+                format!("cannot wait: {}", crate::error::describe_io(&e)),
+            ),
+            Ok(Ok(st)) if st.success() => (true, "exit 0".to_string()),
+            Ok(Ok(st)) => (
+                false,
+                match st.code() {
+                    Some(c) => format!("exit {c}"),
+                    None => "killed by a signal".to_string(),
+                },
+            ),
+        },
     }
 }
 
-/// The status file's content for this run's outcome.
+fn write_status(root: &OutputRoot, status: &status::Status) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(status).context("cannot encode the status file")?;
+    root.write_status(&json)
+        .context("cannot write the status file")
+}
+
+/// How the run ended, or where it is, for the status file.
+enum Outcome<'a> {
+    /// A new set is about to be published (written just before the flip).
+    Publishing(&'a [Done], &'a Publication),
+    /// The set is published (changed or not).
+    Published(&'a [Done], &'a Publication),
+    Failed(&'a RunError),
+}
+
+/// The status file's content.
 fn status_of(
-    plan: &Plan,
-    result: &Result<(Vec<Done>, Publication), RunError>,
+    cx: &Context<'_>,
+    outcome: Outcome<'_>,
     actions: &[Action],
     pending: &[Vec<String>],
-    previous: Option<&[u8]>,
-    started: SystemTime,
-    took: Duration,
 ) -> status::Status {
-    let finished = SystemTime::now();
+    let plan = cx.plan;
     let mut run = status::RunStatus {
-        started: status::rfc3339(started),
-        finished: status::rfc3339(finished),
-        duration_ms: took.as_millis(),
+        started: status::rfc3339(cx.started),
+        finished: status::rfc3339(SystemTime::now()),
+        duration_ms: cx.start.elapsed().as_millis(),
         outcome: "published",
         exit_code: 0,
         error: None,
@@ -463,16 +528,19 @@ fn status_of(
         run.exit_code = 1;
         run.error = Some("the secrets were published, but on_change command(s) failed".into());
     }
-    let secrets = match result {
-        Ok((done, publication)) => {
-            if !publication.any_change() {
+    let (data, secrets) = match outcome {
+        Outcome::Publishing(done, publication) | Outcome::Published(done, publication) => {
+            if matches!(outcome, Outcome::Publishing(..)) {
+                run.outcome = "publishing";
+            } else if !publication.any_change() {
                 run.outcome = "unchanged";
             }
             run.removed = publication.removed.clone();
             let list: Vec<status::SecretStatus> = done
                 .iter()
                 .zip(&publication.changed)
-                .map(|(d, changed)| {
+                .zip(&publication.records)
+                .map(|((d, changed), r)| {
                     let s = &plan.secrets[d.index];
                     if *changed {
                         run.changed.push(s.path.to_string());
@@ -483,31 +551,88 @@ fn status_of(
                         backend_type: plan.backends[&s.backend].kind(),
                         reference: s.reference.describe(),
                         version: d.version.clone(),
-                        sha256: status::sha256_hex(d.value.expose()),
+                        sha256: r.sha256.clone(),
                         size: d.value.len(),
                         mode: format!("{:04o}", s.mode),
                         owner: s.owner.to_string(),
                         group: s.group.to_string(),
+                        uid: r.uid,
+                        gid: r.gid,
+                        inode: r.inode,
+                        ctime: status::SecretStatus::ctime_of(r),
                         fetched_at: status::rfc3339(d.fetched_at),
                         fetch_ms: d.took.as_millis(),
                     }
                 })
                 .collect();
-            serde_json::to_value(list).unwrap_or_default()
+            (
+                Some(publication.version.clone()),
+                serde_json::to_value(list).unwrap_or_default(),
+            )
         }
-        Err(e) => {
+        Outcome::Failed(e) => {
             run.outcome = match e {
                 RunError::DeadlineExceeded(_) => "deadline_exceeded",
                 _ => "failed",
             };
             run.exit_code = e.exit_code();
             run.error = Some(format!("{:#}", e.inner()));
-            status::previous_secrets(previous)
+            (cx.previous.data.clone(), cx.previous.secrets.clone())
         }
     };
     status::Status {
         format: status::FORMAT,
+        manifest: plan
+            .manifest_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or_else(|| cx.previous.manifest.clone()),
+        data,
         run,
         secrets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The program that runs is the one that was checked: a link swapped after the check (here
+    /// between `check_executable` and the spawn) changes nothing.
+    #[tokio::test]
+    async fn the_checked_program_is_the_one_that_runs() {
+        let dir = std::path::PathBuf::from(format!(
+            "/dev/shm/bootsecrets-unit-{}-onchange",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let marker = dir.join("ran");
+        for (name, word) in [("good", "good"), ("evil", "evil")] {
+            let p = dir.join(name);
+            std::fs::write(
+                &p,
+                format!("#!/bin/sh\necho {word} > {}\n", marker.display()),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let link = dir.join("reload");
+        std::os::unix::fs::symlink(dir.join("good"), &link).unwrap();
+        let argv = vec![link.display().to_string()];
+        let program = crate::credfile::check_executable("on_change command", &argv[0]);
+        if nix::unistd::geteuid().as_raw() != 0 {
+            return; // StrictModes wants root-owned programs
+        }
+        let program = program.unwrap();
+        assert_eq!(program, dir.join("good"));
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(dir.join("evil"), &link).unwrap();
+        let (ok, result) = run_checked(&program, &argv, "/usr/bin:/bin", ACTION_BUDGET).await;
+        assert!(ok, "{result}");
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "good\n");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -50,6 +50,16 @@ impl Secret {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Lower-case hex SHA-256 of the bytes: what the status file records and the writer compares.
+    /// As private as the value itself when the value has little entropy (see docs/security.md).
+    pub fn sha256_hex(&self) -> String {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(self.expose())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
 }
 
 impl fmt::Debug for Secret {

@@ -1,20 +1,32 @@
 //! `<output_root>/.status.json`: what is published and how the last run went. Never a value.
 //!
 //! Written atomically (temporary file, rename) after every run that got as far as opening the
-//! output root, whatever its outcome. A failed run keeps the previous `secrets` list, since the
-//! previous set is still what is published. The file is mode 0600: the SHA-256 of a low-entropy
-//! value (a short password) can be brute-forced, so the digests are as private as the values.
+//! output root, whatever its outcome, and once more just before a new set is published (outcome
+//! `publishing`), so the records of the coming set and the `on_change` actions it will owe are on
+//! disk before the flip. A failed run keeps the previous `secrets` list, since the previous set is
+//! still what is published. The file is mode 0600: the SHA-256 of a low-entropy value (a short
+//! password) can be brute-forced, so the digests are as private as the values.
+//!
+//! The next run reads it back for three things: the records of the published files (how the
+//! writer tells an unchanged set without reading a file), the actions still owed, and the
+//! manifest the root belongs to.
 
+use crate::writer::{FileRecord, KnownSet};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Format version of the file; bumped on incompatible changes.
-pub const FORMAT: u32 = 1;
+/// Format version of the file; bumped on incompatible changes. Format 1 had no `manifest`,
+/// `data`, `uid`, `gid`, `inode` or `ctime`: a set recorded in it counts as changed once.
+pub const FORMAT: u32 = 2;
 
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub format: u32,
+    /// The real path of the manifest whose secrets this root holds. A run of another manifest
+    /// against the same root is refused.
+    pub manifest: Option<String>,
+    /// The version directory (`..data`'s target) the `secrets` list describes.
+    pub data: Option<String>,
     pub run: RunStatus,
     /// The published set, one entry per file.
     pub secrets: serde_json::Value,
@@ -25,7 +37,8 @@ pub struct RunStatus {
     pub started: String,
     pub finished: String,
     pub duration_ms: u128,
-    /// `published`, `unchanged`, `failed` or `deadline_exceeded`.
+    /// `published`, `unchanged`, `failed` or `deadline_exceeded`; `publishing` while a new set
+    /// is about to be published (seen only after a crash at that moment).
     pub outcome: &'static str,
     pub exit_code: u8,
     /// The failure, as printed on stderr (composed by bootsecrets; never a value).
@@ -63,16 +76,21 @@ pub struct SecretStatus {
     pub mode: String,
     pub owner: String,
     pub group: String,
+    pub uid: u32,
+    pub gid: u32,
+    /// The published file's inode number and change time (`SECONDS.NANOSECONDS`) as bootsecrets
+    /// left it: the next run compares them with `fstat` to know the file is untouched.
+    pub inode: u64,
+    pub ctime: String,
     pub fetched_at: String,
     pub fetch_ms: u128,
 }
 
-/// Lower-case hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+impl SecretStatus {
+    /// The record part of an entry, as the writer takes it back.
+    pub fn ctime_of(r: &FileRecord) -> String {
+        format!("{}.{:09}", r.ctime.0, r.ctime.1)
+    }
 }
 
 /// RFC 3339 UTC timestamp with milliseconds, e.g. `2026-11-21T22:56:34.120Z`.
@@ -99,20 +117,69 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
-/// The `pending_actions` of a previous status file.
-pub fn previous_pending(old: Option<&[u8]>) -> Vec<Vec<String>> {
-    old.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-        .and_then(|v| v.get("run")?.get("pending_actions").cloned())
-        .and_then(|v| serde_json::from_value(v).ok())
-        .unwrap_or_default()
+/// What a run takes from the previous status file. Anything missing or malformed reads as
+/// unknown: no records (the set counts as changed), no pending action, no owning manifest.
+#[derive(Debug, Default)]
+pub struct Previous {
+    pub manifest: Option<String>,
+    /// The `data` field: the version the `secrets` list describes.
+    pub data: Option<String>,
+    /// The `secrets` list, carried over when a run publishes nothing.
+    pub secrets: serde_json::Value,
+    pub pending: Vec<Vec<String>>,
+    /// The records of the published files, when every entry has one.
+    pub known: Option<KnownSet>,
 }
 
-/// The `secrets` list of a previous status file, to carry over when a run publishes nothing.
-pub fn previous_secrets(old: Option<&[u8]>) -> serde_json::Value {
-    old.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-        .and_then(|v| v.get("secrets").cloned())
-        .filter(|v| v.is_array())
-        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()))
+fn record_of(e: &serde_json::Value) -> Option<(String, FileRecord)> {
+    let text = |k: &str| e.get(k)?.as_str();
+    let num = |k: &str| e.get(k)?.as_u64();
+    let (secs, nanos) = text("ctime")?.split_once('.')?;
+    let record = FileRecord {
+        sha256: text("sha256")?.to_string(),
+        size: num("size")?,
+        mode: u32::from_str_radix(text("mode")?, 8).ok()?,
+        uid: u32::try_from(num("uid")?).ok()?,
+        gid: u32::try_from(num("gid")?).ok()?,
+        inode: num("inode")?,
+        ctime: (secs.parse().ok()?, nanos.parse().ok()?),
+    };
+    Some((text("path")?.to_string(), record))
+}
+
+/// Reads a previous status file.
+pub fn previous(old: Option<&[u8]>) -> Previous {
+    let Some(v) = old.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok()) else {
+        return Previous {
+            secrets: serde_json::Value::Array(Vec::new()),
+            ..Previous::default()
+        };
+    };
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+    let secrets = v
+        .get("secrets")
+        .cloned()
+        .filter(|s| s.is_array())
+        .unwrap_or_else(|| serde_json::Value::Array(Vec::new()));
+    let known = match (text("data"), secrets.as_array()) {
+        (Some(version), Some(list)) => list
+            .iter()
+            .map(record_of)
+            .collect::<Option<_>>()
+            .map(|files| KnownSet { version, files }),
+        _ => None,
+    };
+    Previous {
+        manifest: text("manifest"),
+        data: text("data"),
+        pending: v
+            .get("run")
+            .and_then(|r| r.get("pending_actions").cloned())
+            .and_then(|p| serde_json::from_value(p).ok())
+            .unwrap_or_default(),
+        secrets,
+        known,
+    }
 }
 
 #[cfg(test)]
@@ -127,13 +194,42 @@ mod tests {
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
         assert_eq!(
-            sha256_hex(b"abc"),
+            crate::secret::Secret::new(b"abc".to_vec()).sha256_hex(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(
-            previous_secrets(Some(b"{\"secrets\":[1]}")),
+            previous(Some(b"{\"secrets\":[1]}")).secrets,
             serde_json::json!([1])
         );
-        assert_eq!(previous_secrets(Some(b"junk")), serde_json::json!([]));
+        assert_eq!(previous(Some(b"junk")).secrets, serde_json::json!([]));
+    }
+
+    #[test]
+    fn records_round_trip_and_a_partial_list_gives_none() {
+        let r = FileRecord {
+            sha256: "ab".into(),
+            size: 3,
+            mode: 0o440,
+            uid: 65534,
+            gid: 65534,
+            inode: 77,
+            ctime: (1_700_000_000, 5),
+        };
+        let entry = |path: &str| {
+            serde_json::json!({"path": path, "sha256": r.sha256, "size": r.size, "mode": "0440",
+                "uid": r.uid, "gid": r.gid, "inode": r.inode,
+                "ctime": SecretStatus::ctime_of(&r)})
+        };
+        let doc = serde_json::json!({"format": 2, "manifest": "/etc/m.toml", "data": "..v-1",
+            "run": {"pending_actions": [["/bin/true"]]}, "secrets": [entry("a"), entry("b/c")]});
+        let p = previous(Some(doc.to_string().as_bytes()));
+        assert_eq!(p.manifest.as_deref(), Some("/etc/m.toml"));
+        assert_eq!(p.pending, vec![vec!["/bin/true".to_string()]]);
+        let k = p.known.unwrap();
+        assert_eq!(k.version, "..v-1");
+        assert_eq!(k.files["b/c"], r);
+        // Format 1 entries (no inode): no records at all.
+        let old = serde_json::json!({"format": 1, "secrets": [{"path": "a", "sha256": "ab"}]});
+        assert!(previous(Some(old.to_string().as_bytes())).known.is_none());
     }
 }

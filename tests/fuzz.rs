@@ -12,7 +12,8 @@
 //! is committed and replayed first on every later run.
 
 use bootsecrets::extract;
-use bootsecrets::plan::{Encoding, Plan, RelPath, parse_mode};
+use bootsecrets::names::RelPath;
+use bootsecrets::plan::{Encoding, Plan, parse_mode};
 use bootsecrets::secret::Secret;
 use proptest::prelude::*;
 

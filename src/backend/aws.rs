@@ -6,9 +6,9 @@ use crate::error::{
 };
 use crate::identity::aws_imds::{self, ImdsSettings, InstanceIdentity};
 use crate::manifest::{AwsEntry, SecretEntry};
-use crate::plan::{EnvLookup, Limits};
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::Secret;
+use crate::settings::{EnvLookup, Limits};
 use aws_sdk_secretsmanager::config::{
     BehaviorVersion, Credentials, Region, retry::RetryConfig, timeout::TimeoutConfig,
 };

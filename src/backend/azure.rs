@@ -12,9 +12,9 @@ use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
 use crate::http::sanitize_code;
 use crate::identity::azure_imds::{self, AzureImdsSettings};
 use crate::manifest::{AzureEntry, SecretEntry};
-use crate::plan::EnvLookup;
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::{Secret, SecretString};
+use crate::settings::EnvLookup;
 use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
@@ -352,7 +352,7 @@ impl AzureBackend {
         name: &str,
         cfg: &AzureConfig,
         deadline: &Deadline,
-        limits: &crate::plan::Limits,
+        limits: &crate::settings::Limits,
     ) -> Result<Self, RetryError> {
         let http = http_client(cfg).map_err(RetryError::Permanent)?;
         let token = retry(

@@ -11,9 +11,9 @@ use super::is_loopback_url;
 use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
 use crate::identity::gce_metadata::{self, GceMetadataSettings, valid_project};
 use crate::manifest::{GcpEntry, SecretEntry};
-use crate::plan::EnvLookup;
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::{Secret, SecretString};
+use crate::settings::EnvLookup;
 use google_cloud_auth::credentials::{
     CacheableResource, Credentials, CredentialsProvider, EntityTag,
 };

@@ -16,9 +16,9 @@ pub mod vault;
 
 use crate::error::FetchError;
 use crate::manifest::{BackendEntry, SecretEntry};
-use crate::plan::{EnvLookup, Limits};
 use crate::retry::{Deadline, RetryError};
 use crate::secret::Secret;
+use crate::settings::{EnvLookup, Limits};
 
 /// A backend's validated settings.
 #[derive(Debug, Clone)]

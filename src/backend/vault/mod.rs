@@ -13,9 +13,9 @@ mod http;
 use crate::credfile;
 use crate::error::FetchError;
 use crate::manifest::{SecretEntry, VaultEntry};
-use crate::plan::EnvLookup;
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::{Secret, SecretString};
+use crate::settings::EnvLookup;
 use http::{Api, Status};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -27,7 +27,7 @@ use zeroize::Zeroize;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Budget for revoking the token after the run, outside the run's deadline.
-pub const REVOKE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const REVOKE_TIMEOUT: Duration = crate::settings::FINISH_BUDGET;
 
 /// Validated settings of one `type = "vault"` backend.
 #[derive(Debug, Clone)]
@@ -316,7 +316,7 @@ impl VaultBackend {
         name: &str,
         cfg: &VaultConfig,
         deadline: &Deadline,
-        limits: &crate::plan::Limits,
+        limits: &crate::settings::Limits,
     ) -> Result<Self, RetryError> {
         let api = retry(&format!("backend `{name}`: Vault client"), deadline, |_| {
             Api::new(cfg, limits.max_response)
