@@ -4,12 +4,20 @@
 //! (`invalid type: string "..."`, `Invalid byte 98, offset 3`), so only the error's category and
 //! position are reported. Intermediate buffers that hold secret bytes are zeroizing.
 
-use crate::plan::Encoding;
 use crate::secret::Secret;
 use base64::Engine;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use zeroize::Zeroizing;
+
+/// How the fetched value is turned into file content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Written as stored.
+    None,
+    /// Base64-decoded (standard alphabet; whitespace such as line breaks is ignored).
+    Base64,
+}
 
 fn json_error(e: &serde_json::Error) -> String {
     use serde_json::error::Category;

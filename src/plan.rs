@@ -6,6 +6,7 @@
 //! All problems are collected, so one `check` reports every one of them.
 
 use crate::backend::{self, BackendConfig, SecretRef};
+use crate::extract::Encoding;
 use crate::manifest::{Manifest, SecretEntry};
 use crate::names::RelPath;
 use crate::settings::{DEFAULT_MAX_RESPONSE, DEFAULT_MAX_SECRET};
@@ -45,15 +46,6 @@ pub enum Layout {
     Files,
     /// A systemd credential store: flat credential names, root-owned files, a root-only root.
     Credstore,
-}
-
-/// How the fetched value is turned into file content.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// Written as stored.
-    None,
-    /// Base64-decoded (standard alphabet; whitespace such as line breaks is ignored).
-    Base64,
 }
 
 #[derive(Debug)]

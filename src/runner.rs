@@ -357,9 +357,10 @@ pub struct Action {
     pub ok: bool,
 }
 
-/// A run takes at most `deadline_seconds` + [`crate::settings::FINISH_BUDGET`] (token revocation)
-/// + this + [`crate::settings::SLACK`]; `check` warns when that does not fit the shipped units'
-/// `TimeoutStartSec=` (see docs/reliability.md).
+/// The budget of the `on_change` commands. A run takes at most `deadline_seconds`, plus
+/// [`crate::settings::FINISH_BUDGET`] (token revocation), this, and [`crate::settings::SLACK`];
+/// `check` warns when that does not fit the shipped units' `TimeoutStartSec=` (see
+/// docs/reliability.md).
 pub use crate::settings::ACTION_BUDGET;
 
 /// The `on_change` commands this run owes, in manifest order, each once: those of the secrets a

@@ -12,8 +12,9 @@
 //! is committed and replayed first on every later run.
 
 use bootsecrets::extract;
+use bootsecrets::extract::Encoding;
 use bootsecrets::names::RelPath;
-use bootsecrets::plan::{Encoding, Plan, parse_mode};
+use bootsecrets::plan::{Plan, parse_mode};
 use bootsecrets::secret::Secret;
 use proptest::prelude::*;
 

@@ -81,23 +81,19 @@ pub fn timeout_setting(
 }
 
 /// True for `http(s)://` URLs whose host is a loopback address or `localhost`: plain http is
-/// accepted for those (tests, local agents), refused elsewhere unless `allow_http`.
+/// accepted for those (tests, local agents), refused elsewhere unless `allow_http`. Parsed with
+/// the `url` crate, as the HTTP clients parse it: `http://host#@localhost` and
+/// `http://localhost@host` name `host`, not a loopback.
 pub fn is_loopback_url(u: &str) -> bool {
-    let rest = u.split_once("://").map(|(_, r)| r).unwrap_or(u);
-    let authority = rest.split('/').next().unwrap_or("");
-    let host = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
-    let host = if let Some(v6) = host.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host.split(':').next().unwrap_or("")
+    let Ok(parsed) = url::Url::parse(u) else {
+        return false;
     };
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    match parsed.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
 }
 
 /// `[[secret]]` keys that only some backend types understand, with how to read each.
@@ -262,6 +258,37 @@ impl Backend {
             Backend::Vault(b) => b.finish().await,
             #[allow(unreachable_patterns)]
             _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_url;
+
+    #[test]
+    fn the_loopback_guard_reads_urls_as_http_clients_do() {
+        for ok in [
+            "http://localhost:4566",
+            "http://LOCALHOST/",
+            "http://127.0.0.1:8200",
+            "http://127.9.9.9",
+            "http://[::1]:8200/v1",
+            "http://user@localhost/",
+        ] {
+            assert!(is_loopback_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://secrets.example.com#@localhost",
+            "http://localhost@secrets.example.com",
+            "http://localhost:80@secrets.example.com/",
+            "http://secrets.example.com/?@localhost",
+            "http://secrets.example.com\\@localhost",
+            "http://127.0.0.1.example.com",
+            "http://[::2]",
+            "not a url",
+        ] {
+            assert!(!is_loopback_url(bad), "{bad}");
         }
     }
 }

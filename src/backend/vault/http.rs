@@ -11,15 +11,6 @@ use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
 use std::time::Duration;
 
-pub fn is_loopback(u: &Url) -> bool {
-    match u.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    }
-}
-
 /// The status classes the KV code branches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {

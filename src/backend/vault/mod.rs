@@ -96,7 +96,9 @@ pub fn plan(e: &VaultEntry, env: EnvLookup<'_>) -> Result<VaultConfig, Vec<Strin
                     "{address_source} `{address}` must be scheme://host[:port], without a path"
                 )),
             Ok(u)
-                if u.scheme() == "http" && !http::is_loopback(&u) && e.allow_http != Some(true) =>
+                if u.scheme() == "http"
+                    && !crate::backend::is_loopback_url(u.as_str())
+                    && e.allow_http != Some(true) =>
             {
                 errors.push(format!(
                     "{address_source} `{address}` is plain http: the Vault token and the secret \
