@@ -243,6 +243,16 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
                                             f"run {sha('boot-token-next')}"], rep
         assert rep.starting("refresh-status") == ["published"], rep
         assert any("running on_change command" in j for j in rep.starting("journal-refresh")), rep
+        # A refresh with nothing changed, under the unit's CAP_CHOWN alone, of a token only its
+        # consumer may read: nothing moves and nobody restarts.
+        assert rep.starting("unchanged-start-exit") == ["0"], rep
+        assert rep.prop("unchanged", "Result") == "success", rep
+        assert rep.starting("unchanged-data") == ["same"], rep
+        assert rep.starting("unchanged-consumer-runs") == ["0"], rep
+        assert rep.starting("unchanged-status") == ["unchanged"], rep
+        journal = rep.starting("journal-unchanged")
+        assert any(j.startswith("unchanged kubelet/bootstrap-token") for j in journal), rep
+        assert not any("running on_change command" in j for j in journal), rep
         # The credstore layout: the credential's fixed path is a link through ..data, and
         # systemd's LoadCredential= reads it (a transient unit, as a consumer would).
         assert rep.starting("credstore-run-exit") == ["0"], rep

@@ -1,4 +1,10 @@
-"""Fixtures: one real moto server per session, an IMDSv2 double per test, the built binary."""
+"""Fixtures: one real moto server per session, an IMDSv2 double per test, the built binary.
+
+The binary runs as its unit runs it on a node (tests/support/unit_sandbox.py: the unit's
+capability bounding set, read-only system, private /tmp, read from units/bootsecrets.service),
+unless a test is named `..._as_full_root` and says so: development use, by hand, as full root.
+Because /tmp is private in the unit, the tests' own files live under /dev/shm (see
+pytest_configure below)."""
 
 import json
 import os
@@ -21,8 +27,33 @@ from support.imds import ImdsDouble  # noqa: E402
 from support.tlsca import TestCA  # noqa: E402
 from support.moto import Moto  # noqa: E402
 from support.openbao import OpenBao  # noqa: E402
+from support.unit_sandbox import UnitSandbox  # noqa: E402
 
 BIN = Path(os.environ.get("BOOTSECRETS_BIN", ROOT / "target" / "debug" / "bootsecrets"))
+SANDBOX = UnitSandbox()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    """The unit gives the binary a private /tmp: pytest's temporary directories (manifests,
+    credential files, CA bundles the binary must read) go under /dev/shm instead, one directory
+    per pytest process, removed at the end."""
+    if not config.option.basetemp:
+        config.option.basetemp = f"/dev/shm/bootsecrets-pytest-{os.getpid()}"
+        config._bootsecrets_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    base = getattr(config, "_bootsecrets_basetemp", None)
+    if base and not os.environ.get("BOOTSECRETS_KEEP_TMP"):
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def node_argv(argv, rw=(), binds=()):
+    """`argv` (the binary and its arguments) as units/bootsecrets.service runs it on a node.
+    `rw`: paths a ReadWritePaths= drop-in would make writable; `binds`: (src, dst) pairs mounted
+    over host paths for this run only."""
+    return SANDBOX.wrap(argv, rw=rw, binds=binds)
 
 
 @pytest.fixture(scope="session")
@@ -157,19 +188,26 @@ class Result:
 
 
 @pytest.fixture
-def bootsecrets(tmp_path):
-    """Runs the built binary with a manifest text; never with a secret in argv or env."""
+def bootsecrets(tmp_path, request):
+    """Runs the built binary with a manifest text, as the unit runs it (see the module
+    docstring); never with a secret in argv or env. `as_full_root=True` runs it as plain root
+    instead, for tests named `..._as_full_root` only."""
     assert BIN.exists(), f"{BIN} is missing: build it first (cargo build)"
 
-    def run(manifest: str, *args: str, command: str = "run", timeout: float = 120, env=None):
+    def run(manifest: str, *args: str, command: str = "run", timeout: float = 120, env=None,
+            as_full_root=False, rw=(), binds=()):
+        if as_full_root:
+            assert "full_root" in request.node.name, (
+                "only tests named ..._as_full_root may run the binary outside the unit's "
+                "restrictions")
         mpath = tmp_path / "manifest.toml"
         mpath.write_text(manifest)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **(env or {})}
+        argv = [str(BIN), command, "--manifest", str(mpath), *args]
+        if not as_full_root:
+            argv = node_argv(argv, rw=rw, binds=binds)
         start = time.monotonic()
-        proc = subprocess.run(
-            [str(BIN), command, "--manifest", str(mpath), *args],
-            capture_output=True, text=True, env=env, timeout=timeout,
-        )
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
         return Result(proc, time.monotonic() - start)
 
     return run

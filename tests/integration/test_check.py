@@ -1,5 +1,7 @@
 """`bootsecrets check`: offline validation and the printed plan."""
 
+import pytest
+
 from conftest import aws_manifest
 
 
@@ -55,3 +57,49 @@ def test_invalid_manifest_fails_run_with_exit_2(outdir, bootsecrets):
     r = bootsecrets("[settings\n", command="run")
     assert r.code == 2, r
     assert "not valid" in r.stderr
+
+
+def test_check_refuses_what_the_node_cannot_keep_safe(outdir, bootsecrets):
+    """Group-writable modes (one consumer could change what another reads), (uid_t)-1 (chown's
+    "leave unchanged"), a non-root root_owner (the unit's CAP_CHOWN cannot enter its directory)."""
+    m = aws_manifest(outdir, Unreachable, Unreachable, [
+        {"path": "a", "ref": "x", "mode": "0660"},
+        {"path": "b", "ref": "y", "owner": "4294967295"},
+        {"path": "c", "ref": "z", "group": "4294967295"},
+    ], settings='root_owner = "nobody"')
+    r = bootsecrets(m, command="check")
+    assert r.code == 2, r
+    for needle in ("mode `0660` lets the group write", "user `4294967295` has id 4294967295",
+                   "group `4294967295` has id 4294967295", "settings.root_owner `nobody`"):
+        assert needle in r.stderr, (needle, r)
+
+
+@pytest.mark.parametrize("root", ["/dev/shm", "/run", "/tmp", "/run/", "/var/tmp"])
+def test_a_shared_system_directory_is_not_an_output_root(root, bootsecrets):
+    m = aws_manifest(root, Unreachable, Unreachable, [{"path": "a", "ref": "x"}])
+    r = bootsecrets(m, command="check")
+    assert r.code == 2 and "is a directory the system shares" in r.stderr, r
+
+
+def test_check_warns_when_a_run_cannot_fit_the_units_timeout(outdir, bootsecrets):
+    m = aws_manifest(outdir, Unreachable, Unreachable, [
+        {"path": "a", "ref": "x", "on_change": ["/bin/true"]}], settings="deadline_seconds = 140")
+    r = bootsecrets(m, command="check")
+    assert r.code == 0, r
+    assert ("a run may take up to 190 s (deadline_seconds 140 + token revocation, on_change "
+            "commands and slack), more than bootsecrets.service's TimeoutStartSec=180") in r.stdout, r
+    assert "bootsecrets-refresh.service" not in r.stdout, r
+    fits = aws_manifest(outdir, Unreachable, Unreachable, [
+        {"path": "a", "ref": "x", "on_change": ["/bin/true"]}])
+    r = bootsecrets(fits, command="check")
+    assert r.code == 0 and "TimeoutStartSec" not in r.stdout, r
+
+
+def test_plain_http_is_judged_by_the_real_host(outdir, bootsecrets):
+    """`http://host#@localhost` reaches `host`: plain http there needs allow_http."""
+    for url in ("http://secrets.example.com#@localhost", "http://localhost@secrets.example.com"):
+        m = aws_manifest(outdir, Unreachable, Unreachable, [{"path": "a", "ref": "x"}])
+        m = m.replace('endpoint = "http://127.0.0.1:9"', f'endpoint = "{url}"', 1)
+        assert url in m
+        r = bootsecrets(m, command="check")
+        assert r.code == 2 and "allow_http" in r.stderr, (url, r)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from conftest import BIN, aws_manifest, published
+from conftest import BIN, aws_manifest, node_argv, published
 
 RUNS = int(os.environ.get("BOOTSECRETS_CRASH_RUNS", "200"))
 
@@ -36,16 +36,17 @@ def view(outdir):
 def test_sigkill_at_random_points_leaves_exactly_the_old_or_the_new_set(
         moto, imds, outdir, name, tmp_path):
     sets = make_sets(moto, name)
-    manifests = {}
-    for tag, files in sets.items():
-        m = tmp_path / f"{tag}.toml"
-        m.write_text(aws_manifest(outdir, imds, moto, [
-            {"path": p, "ref": f"{name}/{tag}/{p}"} for p in files]))
-        manifests[tag] = m
+    texts = {tag: aws_manifest(outdir, imds, moto, [
+        {"path": p, "ref": f"{name}/{tag}/{p}"} for p in files]) for tag, files in sets.items()}
+    # One manifest (an output root belongs to one), edited between runs as an operator would.
+    manifest = tmp_path / "manifest.toml"
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
 
     def start(tag):
-        return subprocess.Popen([str(BIN), "run", "--manifest", str(manifests[tag])],
+        staged = tmp_path / "manifest.toml.new"
+        staged.write_text(texts[tag])
+        staged.replace(manifest)
+        return subprocess.Popen(node_argv([str(BIN), "run", "--manifest", str(manifest)]),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
 
     # Publish A, and measure how long a whole run takes.

@@ -5,7 +5,7 @@ import os
 import subprocess
 import time
 
-from conftest import BIN, aws_manifest
+from conftest import BIN, aws_manifest, node_argv
 
 
 def test_running_process_has_core_dumps_off_and_clean_argv_env(moto, imds_factory, outdir, name, tmp_path):
@@ -13,7 +13,7 @@ def test_running_process_has_core_dumps_off_and_clean_argv_env(moto, imds_factor
     imds = imds_factory(listen_after=3.0)  # keeps the process alive long enough to look at it
     manifest = tmp_path / "m.toml"
     manifest.write_text(aws_manifest(outdir, imds, moto, [{"path": "h", "ref": f"{name}/h"}]))
-    proc = subprocess.Popen([str(BIN), "run", "--manifest", str(manifest)],
+    proc = subprocess.Popen(node_argv([str(BIN), "run", "--manifest", str(manifest)]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={"PATH": "/usr/bin:/bin"})
     try:
@@ -43,7 +43,9 @@ def test_running_process_has_core_dumps_off_and_clean_argv_env(moto, imds_factor
 
 def test_process_is_non_dumpable(moto, imds_factory, name):
     """Run as `nobody`: a dumpable process's /proc/PID files belong to its own uid, a non-dumpable
-    one's to root. So the owner of /proc/PID/environ tells whether PR_SET_DUMPABLE took effect."""
+    one's to root. So the owner of /proc/PID/environ tells whether PR_SET_DUMPABLE took effect.
+    Not under the unit's restrictions: the point is a run by an unprivileged user, whose /proc
+    files tell dumpable from not (a development run by hand, with even less than CAP_CHOWN)."""
     if os.geteuid() != 0:
         return
     work = f"/dev/shm/bootsecrets-dumpable-{name}"

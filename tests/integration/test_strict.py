@@ -5,13 +5,13 @@ this is a development machine; an output root someone else prepared is refused."
 import os
 import subprocess
 
-from conftest import BIN, aws_manifest, published
+from conftest import BIN, aws_manifest, node_argv, published
 
 NOBODY = 65534
 
 
 def run(manifest_path, *args, command="check"):
-    return subprocess.run([str(BIN), command, "--manifest", str(manifest_path), *args],
+    return subprocess.run(node_argv([str(BIN), command, "--manifest", str(manifest_path), *args]),
                           capture_output=True, text=True,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, node_argv
 
 UNIT = ROOT / "units" / "bootsecrets.service"
 DROPIN = ROOT / "units" / "kubelet.service.d" / "10-bootsecrets.conf"
@@ -73,7 +73,8 @@ def test_unit_and_dropin_verify_silently(tmp_path):
 def test_unit_timeout_is_above_the_binary_deadline(tmp_path):
     m = tmp_path / "m.toml"
     m.write_text('[backend.a]\ntype = "aws"\nregion = "us-east-1"\n[[secret]]\npath = "x"\nref = "x"\n')
-    plan = subprocess.run([str(BIN), "check", "--manifest", str(m)], capture_output=True, text=True)
+    plan = subprocess.run(node_argv([str(BIN), "check", "--manifest", str(m)]), capture_output=True,
+                          text=True)
     deadline = int(re.search(r"deadline\s+(\d+) s", plan.stdout).group(1))
     timeout = int(re.search(r"^TimeoutStartSec=(\d+)$", UNIT.read_text(), re.M).group(1))
     assert timeout >= deadline + 30, (timeout, deadline)

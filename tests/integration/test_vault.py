@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import BIN, published, status, vault_manifest
+from conftest import BIN, node_argv, published, status, vault_manifest
 from support.jwt import Signer
 from support.openbao import AwsLoginProxy, TokenReviewDouble
 
@@ -345,7 +345,7 @@ def test_sealed_then_unsealed_during_the_run_is_retried(bao_factory, outdir, cre
                                                        "token_file": str(credfile("t", tok))},
                                        [{"path": "v", "ref": "secret/s", "field": "v"}],
                                        settings="deadline_seconds = 60"))
-    proc = subprocess.Popen([str(BIN), "run", "--manifest", str(manifest)],
+    proc = subprocess.Popen(node_argv([str(BIN), "run", "--manifest", str(manifest)]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={"PATH": os.environ["PATH"]})
     time.sleep(3)

@@ -108,12 +108,15 @@ def test_non_tmpfs_root_is_refused_unless_allowed(moto, imds, name, bootsecrets)
         pytest.skip("the build directory is itself on tmpfs")
     moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="aaa")
     m = aws_manifest(disk, imds, moto, [{"path": "a", "ref": f"{name}/a"}])
+    # Under ProtectSystem=strict a root elsewhere exists beforehand and is made writable by a
+    # ReadWritePaths= drop-in (what `render` adds for a custom output_root).
+    disk.mkdir(mode=0o700)
     try:
-        r = bootsecrets(m)
+        r = bootsecrets(m, rw=[disk])
         assert r.code == 1, r
         assert "is not on tmpfs or ramfs" in r.stderr, r
         assert not (disk / "a").exists()
-        r = bootsecrets(m, "--allow-non-tmpfs")
+        r = bootsecrets(m, "--allow-non-tmpfs", rw=[disk])
         assert r.code == 0, r
         assert (disk / "a").read_bytes() == b"aaa"
         assert "allowed by --allow-non-tmpfs" in r.stderr
@@ -177,7 +180,7 @@ def test_status_file_describes_the_set_and_the_last_run(moto, imds, outdir, name
     assert r.code == 0, r
     st = status(outdir)
     assert stat.S_IMODE((outdir / ".status.json").stat().st_mode) == 0o600
-    assert st["format"] == 1
+    assert st["format"] == 2 and st["data"] == os.readlink(outdir / "..data")
     assert st["run"]["outcome"] == "published" and st["run"]["exit_code"] == 0
     assert st["run"]["changed"] == ["x/a"] and st["run"]["error"] is None
     [s] = st["secrets"]

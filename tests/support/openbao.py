@@ -38,7 +38,8 @@ class OpenBao:
     def __init__(self, tls: bool = False, log_path: Path | None = None):
         self.port = free_port()
         self.tls = tls
-        self.home = Path(tempfile.mkdtemp(prefix="openbao-"))
+        # Not /tmp: bootsecrets reads the CA from here, and the unit gives it a private /tmp.
+        self.home = Path(tempfile.mkdtemp(prefix="openbao-", dir="/dev/shm"))
         scheme = "https" if tls else "http"
         self.url = f"{scheme}://127.0.0.1:{self.port}"
         self.log_path = log_path or self.home / "bao.log"
