@@ -71,21 +71,95 @@ impl Install {
     }
 }
 
-/// YAML literal block (`|`) of `text`, indented by `indent` spaces.
-fn block(out: &mut String, indent: usize, text: &str) {
-    let pad = " ".repeat(indent);
-    for line in text.lines() {
-        if line.is_empty() {
-            out.push('\n');
-        } else {
-            let _ = writeln!(out, "{pad}{line}");
-        }
+/// Whether `text` survives a YAML literal block (`|`, clip chomping, indentation auto-detected)
+/// unchanged in YAML 1.1 and 1.2 parsers (Butane's go-yaml, PyYAML): printable characters,
+/// tab and `\n` only (no `\r`, no other control character, none of the YAML 1.1 line breaks
+/// U+0085, U+2028, U+2029, no U+FEFF, U+FFFE, U+FFFF); no whitespace-only line; the first line
+/// with content not indented (the block's indentation is detected from it); and exactly one final
+/// `\n` (clip chomping adds one and drops the rest).
+pub fn literal_block_safe(text: &str) -> bool {
+    let Some(body) = text.strip_suffix('\n') else {
+        return false;
+    };
+    if body.is_empty() || body.ends_with('\n') {
+        return false;
     }
+    let printable = |c: char| {
+        c == '\t'
+            || c == '\n'
+            || (' '..='~').contains(&c)
+            || (c >= '\u{A0}'
+                && !matches!(
+                    c,
+                    '\u{2028}' | '\u{2029}' | '\u{FEFF}' | '\u{FFFE}' | '\u{FFFF}'
+                ))
+    };
+    if !text.chars().all(printable) {
+        return false;
+    }
+    let blank = |l: &str| l.chars().all(|c| c == ' ' || c == '\t');
+    if body.split('\n').any(|l| !l.is_empty() && blank(l)) {
+        return false;
+    }
+    body.split('\n')
+        .find(|l| !l.is_empty())
+        .is_some_and(|l| !l.starts_with([' ', '\t']))
 }
 
-/// YAML double-quoted scalar (JSON strings are valid YAML).
-fn quoted(s: &str) -> String {
-    serde_json::to_string(s).expect("a string serialises")
+/// `text` as a YAML double-quoted scalar made of printable ASCII only: `"`, `\`, tab and line
+/// feed as `\"`, `\\`, `\t`, `\n`, every other character outside printable ASCII as `\uXXXX`
+/// or `\UXXXXXXXX`. After each `\n` with more text to come, the scalar continues on a new line
+/// indented by `indent` spaces (an escaped line break, which adds nothing; a space that would
+/// start such a line is written `\u0020`, as YAML drops a continuation line's leading blanks).
+pub fn double_quoted(text: &str, indent: usize) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    let mut line_start = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            ' ' if line_start => out.push_str("\\u0020"),
+            ' '..='~' => out.push(c),
+            c if u32::from(c) <= 0xFFFF => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => {
+                let _ = write!(out, "\\U{:08X}", u32::from(c));
+            }
+        }
+        line_start = c == '\n' && indent > 0 && chars.peek().is_some();
+        if line_start {
+            out.push_str("\\\n");
+            out.extend(std::iter::repeat_n(' ', indent));
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Writes ` VALUE` and a line break after a mapping key (`key:` is already written): `text` as a
+/// literal block indented by `indent` spaces when [`literal_block_safe`], else as a
+/// [`double_quoted`] scalar. Either way a YAML parser reads back exactly `text`.
+fn scalar(out: &mut String, indent: usize, text: &str) {
+    if literal_block_safe(text) {
+        out.push_str(" |\n");
+        let pad = " ".repeat(indent);
+        for line in text.split_terminator('\n') {
+            if !line.is_empty() {
+                out.push_str(&pad);
+                out.push_str(line);
+            }
+            out.push('\n');
+        }
+    } else {
+        out.push(' ');
+        out.push_str(&double_quoted(text, indent));
+        out.push('\n');
+    }
 }
 
 /// The Butane snippet.
@@ -103,34 +177,34 @@ pub fn butane(i: &Install) -> Result<String> {
     let _ = writeln!(
         o,
         "    - path: {BINARY_PATH}\n      mode: 0755\n      contents:\n        source: {}\n        verification:\n          hash: {}",
-        quoted(&i.binary_url),
+        double_quoted(&i.binary_url, 0),
         i.hash()
     );
-    let _ = writeln!(
+    let _ = write!(
         o,
-        "    - path: {MANIFEST_PATH}\n      mode: 0644\n      contents:\n        inline: |"
+        "    - path: {MANIFEST_PATH}\n      mode: 0644\n      contents:\n        inline:"
     );
-    block(&mut o, 10, &i.manifest);
-    let _ = writeln!(
+    scalar(&mut o, 10, &i.manifest);
+    let _ = write!(
         o,
-        "systemd:\n  units:\n    - name: {UNIT_NAME}\n      enabled: true\n      contents: |"
+        "systemd:\n  units:\n    - name: {UNIT_NAME}\n      enabled: true\n      contents:"
     );
-    block(&mut o, 8, UNIT);
+    scalar(&mut o, 8, UNIT);
     if i.refresh {
-        let _ = writeln!(o, "    - name: {REFRESH_UNIT_NAME}\n      contents: |");
-        block(&mut o, 8, REFRESH_UNIT);
-        let _ = writeln!(
+        let _ = write!(o, "    - name: {REFRESH_UNIT_NAME}\n      contents:");
+        scalar(&mut o, 8, REFRESH_UNIT);
+        let _ = write!(
             o,
-            "    - name: {REFRESH_TIMER_NAME}\n      enabled: true\n      contents: |"
+            "    - name: {REFRESH_TIMER_NAME}\n      enabled: true\n      contents:"
         );
-        block(&mut o, 8, REFRESH_TIMER);
+        scalar(&mut o, 8, REFRESH_TIMER);
     }
     if i.kubelet_dropin {
-        let _ = writeln!(
+        let _ = write!(
             o,
-            "    - name: kubelet.service\n      dropins:\n        - name: {KUBELET_DROPIN_NAME}\n          contents: |"
+            "    - name: kubelet.service\n      dropins:\n        - name: {KUBELET_DROPIN_NAME}\n          contents:"
         );
-        block(&mut o, 12, KUBELET_DROPIN);
+        scalar(&mut o, 12, KUBELET_DROPIN);
     }
     Ok(o)
 }
@@ -209,5 +283,143 @@ fn drop_nulls(v: &mut serde_json::Value) {
         }
         serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Reads back a scalar written by [`double_quoted`], as a YAML parser does for the subset
+    /// it writes: the escapes, and escaped line breaks whose next line's leading blanks are
+    /// dropped.
+    fn unquote(yaml: &str) -> String {
+        let inner = yaml.strip_prefix('"').unwrap().strip_suffix('"').unwrap();
+        let mut out = String::new();
+        let mut it = inner.chars();
+        while let Some(c) = it.next() {
+            if c != '\\' {
+                assert!(c != '"' && c != '\n', "unescaped {c:?} in {yaml:?}");
+                out.push(c);
+                continue;
+            }
+            let hex = |it: &mut std::str::Chars<'_>, n| {
+                let h: String = it.take(n).collect();
+                char::from_u32(u32::from_str_radix(&h, 16).unwrap()).unwrap()
+            };
+            match it.next().unwrap() {
+                '"' => out.push('"'),
+                '\\' => out.push('\\'),
+                't' => out.push('\t'),
+                'n' => out.push('\n'),
+                'u' => out.push(hex(&mut it, 4)),
+                'U' => out.push(hex(&mut it, 8)),
+                '\n' => {
+                    let rest = it.as_str().trim_start_matches([' ', '\t']);
+                    it = rest.chars();
+                }
+                e => panic!("unexpected escape \\{e} in {yaml:?}"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn literal_blocks_only_for_text_they_carry_unchanged() {
+        for safe in [
+            "a\n",
+            "[settings]\n\nx = 1\n",
+            "\n\nfirst content after empty lines\n",
+            "a\n  indented later\n\tand tabbed\n",
+            "tab\tinside and trailing blanks \t\n",
+            "# café, 日本, \u{1F511}, \u{A0}\n",
+        ] {
+            assert!(literal_block_safe(safe), "{safe:?}");
+        }
+        for unsafe_ in [
+            "",
+            "\n",
+            "\n\n",
+            "no final newline",
+            "two final newlines\n\n",
+            " indented first line\n",
+            "\tindented first line\n",
+            "\n  indented first content\n",
+            "crlf\r\n",
+            "lone\rcr\n",
+            "nel\u{85}\n",
+            "line\u{2028}separator\n",
+            "paragraph\u{2029}separator\n",
+            "\u{FEFF}bom\n",
+            "not a character\u{FFFE}\n",
+            "not a character\u{FFFF}\n",
+            "del\u{7F}\n",
+            "nul\0\n",
+            "escape\u{1B}[0m\n",
+            "c1\u{9B}\n",
+            "a\n  \nb\n",
+            "a\n\t\nb\n",
+            "a\n \t \n",
+        ] {
+            assert!(!literal_block_safe(unsafe_), "{unsafe_:?}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_units_stay_literal_blocks() {
+        for unit in [UNIT, REFRESH_UNIT, REFRESH_TIMER, KUBELET_DROPIN] {
+            assert!(literal_block_safe(unit));
+        }
+    }
+
+    #[test]
+    fn double_quoted_escapes_everything_outside_printable_ascii() {
+        assert_eq!(double_quoted("plain", 4), r#""plain""#);
+        assert_eq!(double_quoted(r#"q"b\"#, 0), r#""q\"b\\""#);
+        assert_eq!(
+            double_quoted("\t\r\0\u{7F}", 0),
+            r#""\t\u000D\u0000\u007F""#
+        );
+        assert_eq!(
+            double_quoted("\u{85}\u{A0}é\u{2028}\u{2029}\u{FEFF}\u{FFFF}", 0),
+            r#""\u0085\u00A0\u00E9\u2028\u2029\uFEFF\uFFFF""#
+        );
+        assert_eq!(double_quoted("\u{1F511}", 0), r#""\U0001F511""#);
+        // No line breaks at indent 0; at indent n, one after each `\n` that has text after it.
+        assert_eq!(double_quoted("a\nb\n", 0), r#""a\nb\n""#);
+        assert_eq!(
+            double_quoted("a\n b\n\n", 2),
+            "\"a\\n\\\n  \\u0020b\\n\\\n  \\n\""
+        );
+        assert_eq!(double_quoted("", 2), r#""""#);
+    }
+
+    #[test]
+    fn scalars_are_written_as_blocks_or_quoted() {
+        let mut o = String::from("k:");
+        scalar(&mut o, 2, "a\n\n b\n");
+        assert_eq!(o, "k: |\n  a\n\n   b\n");
+        let mut o = String::from("k:");
+        scalar(&mut o, 2, " a\r\n");
+        assert_eq!(o, "k: \" a\\u000D\\n\"\n");
+    }
+
+    proptest! {
+        #[test]
+        fn double_quoted_round_trips_as_printable_ascii(text in any::<String>(), indent in 0usize..12) {
+            let q = double_quoted(&text, indent);
+            prop_assert!(q.chars().all(|c| c == '\n' || (' '..='~').contains(&c)), "{}", q);
+            prop_assert_eq!(unquote(&q), text);
+        }
+
+        #[test]
+        fn double_quoted_round_trips_line_oriented_text(
+            lines in proptest::collection::vec("[ \t\r\u{85}\u{2028}\u{2029}a#\"\\\\:-]{0,6}", 0..6),
+            indent in 0usize..12,
+        ) {
+            let text = lines.join("\n");
+            prop_assert_eq!(unquote(&double_quoted(&text, indent)), text);
+        }
     }
 }

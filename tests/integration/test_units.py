@@ -2,10 +2,13 @@
 the generated configs, and the Butane and Ignition renderings saying the same thing."""
 
 import base64
+import gzip
 import json
+import os
 import re
 import shutil
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,10 @@ from conftest import BIN, ROOT
 UNIT = ROOT / "units" / "bootsecrets.service"
 DROPIN = ROOT / "units" / "kubelet.service.d" / "10-bootsecrets.conf"
 SHA = "ab" * 64
+MANIFEST_PATH = "/etc/bootsecrets/manifest.toml"
+# The real Butane compiler: BUTANE, else the shared test tools' copy; without it the Butane tests
+# skip, saying so.
+BUTANE = Path(os.environ.get("BUTANE", ROOT.parent / "shared" / "tools" / "butane"))
 
 
 def test_unit_security_exposure_is_at_most_2_0():
@@ -84,10 +91,10 @@ def test_unit_timeout_is_above_the_binary_deadline(tmp_path):
     assert "ProcSubset=pid" not in text.replace("Not ProcSubset=pid", "")
 
 
-def render(fmt, variant, *extra):
+def render(fmt, variant, *extra, manifest=ROOT / "examples" / "manifest.toml"):
     r = subprocess.run([str(BIN), "render", fmt, "--variant", variant, "--binary-url",
                         "http://10.0.2.100/bootsecrets", "--binary-sha512", SHA,
-                        "--manifest", str(ROOT / "examples" / "manifest.toml"), *extra],
+                        "--manifest", str(manifest), *extra],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     return r.stdout
@@ -147,3 +154,109 @@ def test_ignition_validate_rejects_a_broken_config(tmp_path):
     p = tmp_path / "bad.ign"
     p.write_text(json.dumps(bad))
     assert subprocess.run(["ignition-validate", str(p)], capture_output=True).returncode != 0
+
+
+def butane_compile(tmp_path, bu_text):
+    """The real Butane's Ignition for `bu_text`, or a skip that names the missing compiler."""
+    if not (BUTANE.is_file() and os.access(BUTANE, os.X_OK)):
+        pytest.skip(f"butane not found at {BUTANE} (set BUTANE to the Butane compiler): the real "
+                    "Butane compile was NOT checked")
+    files = tmp_path / "butane-files"
+    files.mkdir(exist_ok=True)
+    src = tmp_path / "config.bu"
+    src.write_text(bu_text)
+    r = subprocess.run([str(BUTANE), "--strict", "--files-dir", str(files), str(src)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r
+    return json.loads(r.stdout)
+
+
+def file_bytes(contents):
+    """The bytes an Ignition file entry's `contents` (a data URL, maybe gzip'ed) writes."""
+    src = contents["source"]
+    assert src.startswith("data:"), src
+    meta, _, data = src[len("data:"):].partition(",")
+    raw = base64.b64decode(data, validate=True) if meta.endswith(";base64") else urllib.parse.unquote_to_bytes(data)
+    compression = contents.get("compression")
+    if compression == "gzip":
+        return gzip.decompress(raw)
+    assert compression in (None, ""), compression
+    return raw
+
+
+def manifest_entry(files):
+    [entry] = [f for f in files if f["path"] == MANIFEST_PATH]
+    return entry
+
+
+# Manifests that TOML accepts but that a YAML literal block (`inline: |`) written line by line
+# does not carry unchanged: indentation, YAML 1.1 line breaks (U+0085, U+2028, U+2029), CRLF,
+# whitespace-only lines, the final newline(s), characters YAML does not allow raw.
+TRICKY_MANIFESTS = {
+    "indented first line": "  [settings]\n  deadline_seconds = 60\n",
+    "tab-indented first line": "\t[settings]\n\tdeadline_seconds = 60\n",
+    "tab-indented later line": "[settings]\n\tdeadline_seconds = 60\n",
+    "empty first lines": "\n\n[settings]\n  deadline_seconds = 60\n",
+    "indented after an empty first line": "\n    [settings]\n    deadline_seconds = 60\n",
+    "whitespace-only first line": "   \n[settings]\n",
+    "whitespace-only line inside": "[settings]\n  \t \ndeadline_seconds = 60\n",
+    "trailing blanks": "[settings]   \ndeadline_seconds = 60 \t\n",
+    "CRLF": "# written on Windows\r\n[settings]\r\ndeadline_seconds = 60\r\n",
+    "CRLF, indented, quotes and backslashes":
+        '  [[secret]]\r\n  path = "a"\r\n  ref = "q\\"uote\\\\back"  \r\n',
+    "no final newline": "[settings]\ndeadline_seconds = 60",
+    "two final newlines": "[settings]\n\n",
+    "many final newlines": "[settings]\n\n\n\n",
+    "only newlines": "\n\n",
+    "empty": "",
+    "U+2028 in a comment": "# line\u2028separator\n[settings]\n",
+    "U+2029 in a string": '[[secret]]\npath = "a"\nref = "para\u2029graph"\n',
+    "U+0085 in a comment": "# next\u0085line\n[settings]\n",
+    "U+0085 before a newline": "# next line\u0085\n[settings]\n",
+    "C1 control in a string": '[[secret]]\npath = "a"\nref = "csi\u009b"\n',
+    "U+FEFF in a comment": "# zero\ufeffwidth\n[settings]\n",
+    "byte order mark": "\ufeff[settings]\n",
+    "U+FFFE in a comment": "# not\ufffea character\n[settings]\n",
+    "non-ASCII, safe for a literal block": "# café, 日本, \U0001f511\n[settings]\n",
+    "non-ASCII with CRLF": "# café, 日本, \U0001f511\r\n[settings]\r\n",
+    "YAML-looking lines": '# ---\n# ...\n# - key: |\n# "x": &a *a\n[settings]\n',
+    "tabs inside lines": "[settings]\ndeadline_seconds\t=\t60\n#\tend\n",
+}
+
+
+@pytest.fixture(params=sorted(TRICKY_MANIFESTS), ids=lambda k: k.replace(" ", "-"))
+def tricky_manifest(request, tmp_path):
+    data = TRICKY_MANIFESTS[request.param].encode()
+    path = tmp_path / "manifest.toml"
+    path.write_bytes(data)
+    return path, data
+
+
+@pytest.mark.parametrize("variant", ["flatcar", "fcos"])
+def test_the_embedded_manifest_round_trips_through_yaml_and_ignition(tmp_path, tricky_manifest, variant):
+    path, data = tricky_manifest
+    bu_text = render("butane", variant, manifest=path)
+    # Nothing a YAML parser could take for a line break or refuse: tab, \n, printable characters.
+    odd = {c for c in bu_text
+           if not (c in "\t\n" or " " <= c <= "~" or (c >= "\xa0" and c not in "\u2028\u2029\ufeff\ufffe\uffff"))}
+    assert not odd, f"the Butane text holds raw {sorted(map(hex, map(ord, odd)))}"
+    bu = yaml.safe_load(bu_text)
+    inline = manifest_entry(bu["storage"]["files"])["contents"]["inline"]
+    assert inline.encode() == data
+    ign_text = render("ignition", variant, manifest=path)
+    assert file_bytes(manifest_entry(json.loads(ign_text)["storage"]["files"])["contents"]) == data
+    p = tmp_path / "c.ign"
+    p.write_text(ign_text)
+    r = subprocess.run(["ignition-validate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r
+
+
+@pytest.mark.parametrize("variant", ["flatcar", "fcos"])
+def test_the_embedded_manifest_round_trips_through_butane(tmp_path, tricky_manifest, variant):
+    path, data = tricky_manifest
+    ign = butane_compile(tmp_path, render("butane", variant, manifest=path))
+    assert file_bytes(manifest_entry(ign["storage"]["files"])["contents"]) == data
+    ours = json.loads(render("ignition", variant, manifest=path))
+    assert ign["systemd"] == ours["systemd"]
+    assert [f["path"] for f in ign["storage"]["files"]] == [f["path"] for f in ours["storage"]["files"]]
+
