@@ -5,7 +5,10 @@
 //! side is built with the `ignition-config` crate (spec 3.3.0, what Butane's flatcar 1.0.0 and
 //! fcos 1.4.0 emit and what every current node and Debian's Ignition 2.14 accept).
 
-use anyhow::{Context, Result, bail};
+use crate::manifest::Manifest;
+use crate::names::RelPath;
+use crate::plan::{CREDSTORE_ROOT, DEFAULT_OUTPUT_ROOT};
+use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use ignition_config::v3_3 as ign;
 use std::fmt::Write;
@@ -16,6 +19,8 @@ pub use crate::units::{
 };
 pub const BINARY_PATH: &str = "/opt/bin/bootsecrets";
 pub const MANIFEST_PATH: &str = "/etc/bootsecrets/manifest.toml";
+/// The drop-in that lets the units write to an output root other than the shipped ones.
+pub const OUTPUT_ROOT_DROPIN_NAME: &str = "10-output-root.conf";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Variant {
@@ -51,6 +56,11 @@ pub struct Install {
 
 impl Install {
     pub fn validate(&self) -> Result<()> {
+        self.checked().map(drop)
+    }
+
+    /// Validates the inputs; returns where the manifest's secrets go.
+    fn checked(&self) -> Result<OutputRoot> {
         let h = &self.binary_sha512;
         if h.len() != 128 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("--binary-sha512 must be 128 hex digits (the output of sha512sum)");
@@ -60,15 +70,193 @@ impl Install {
         {
             bail!("--binary-url must be an http:// or https:// URL");
         }
-        crate::manifest::parse(&self.manifest)
-            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+        let manifest = crate::manifest::parse(&self.manifest)
+            .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
             .context("the manifest to embed is not valid")?;
-        Ok(())
+        OutputRoot::of(&manifest).context(
+            "the manifest to embed is not valid: the units cannot be given write access to its \
+             output root",
+        )
     }
 
     fn hash(&self) -> String {
         format!("sha512-{}", self.binary_sha512.to_ascii_lowercase())
     }
+}
+
+/// Directories others use too, which `check` and `run` refuse as an output root (as
+/// `plan::SHARED_DIRS`): render refuses them before a unit drop-in could touch one (systemd
+/// would set the mode and owner of a `RuntimeDirectory=` such as `/run/user`).
+const SHARED_DIRS: [&str; 17] = [
+    "/dev",
+    "/dev/shm",
+    "/run",
+    "/run/user",
+    "/run/lock",
+    "/run/systemd",
+    "/tmp",
+    "/var",
+    "/var/tmp",
+    "/var/run",
+    "/etc",
+    "/usr",
+    "/home",
+    "/root",
+    "/opt",
+    "/proc",
+    "/sys",
+];
+
+/// Where the manifest's secrets go, as the units must know it: `ProtectSystem=strict` leaves them
+/// only `/run/bootsecrets` and `/run/credstore` to write to, anything else needs a drop-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputRoot {
+    /// `/run/bootsecrets` or `/run/credstore`: the shipped units create and may write both.
+    Shipped,
+    /// Another directory under `/run` (the path relative to `/run`), which systemd creates for
+    /// bootsecrets.service on the tmpfs `/run` (`RuntimeDirectory=`).
+    Run(String),
+    /// Anywhere else: a tmpfs mounted before the units start.
+    Elsewhere(String),
+}
+
+impl OutputRoot {
+    /// `settings.output_root`, or the layout's default, resolved as `run` resolves it (a trailing
+    /// `/` dropped). Refuses what `check` refuses about the path, a path under `/var/run`, and
+    /// characters a unit file would not take literally.
+    pub fn of(m: &Manifest) -> Result<OutputRoot> {
+        let s = &m.settings;
+        let default = match s.layout.as_deref() {
+            None | Some("files") => DEFAULT_OUTPUT_ROOT,
+            Some("credstore") => CREDSTORE_ROOT,
+            Some(o) => bail!("settings.layout `{o}` is not one of \"files\", \"credstore\""),
+        };
+        let given = s.output_root.as_deref().unwrap_or(default);
+        let Some(rel) = given.strip_prefix('/') else {
+            bail!("settings.output_root `{given}` must be an absolute path");
+        };
+        let rel = rel.trim_end_matches('/');
+        if rel.is_empty() {
+            bail!("settings.output_root must not be `/`");
+        }
+        RelPath::parse(rel).map_err(|e| anyhow!("settings.output_root `{given}` {e}"))?;
+        let path = format!("/{rel}");
+        if SHARED_DIRS.contains(&path.as_str()) {
+            bail!(
+                "settings.output_root `{given}` is a directory the system shares; bootsecrets \
+                 takes its root over (mode, owner, clean-up), so it must be a directory of its \
+                 own, such as `{DEFAULT_OUTPUT_ROOT}` or `{path}/bootsecrets`"
+            );
+        }
+        if let Some(under) = path.strip_prefix("/var/run/") {
+            bail!(
+                "settings.output_root `{given}` is under /var/run, a symlink to /run: bootsecrets \
+                 refuses a symlink on the way to its root; write `/run/{under}` instead"
+            );
+        }
+        if let Some(c) = path
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(c)))
+        {
+            bail!(
+                "settings.output_root `{given}` holds {c:?}, which the units' RuntimeDirectory= \
+                 and ReadWritePaths= would not take literally; use only letters, digits, `.`, \
+                 `_`, `-`, `+` and `@` in it"
+            );
+        }
+        Ok(if path == DEFAULT_OUTPUT_ROOT || path == CREDSTORE_ROOT {
+            OutputRoot::Shipped
+        } else if let Some(under_run) = path.strip_prefix("/run/") {
+            OutputRoot::Run(under_run.to_string())
+        } else {
+            OutputRoot::Elsewhere(path)
+        })
+    }
+
+    /// The drop-in ([`OUTPUT_ROOT_DROPIN_NAME`]) that lets `unit` (bootsecrets.service or
+    /// bootsecrets-refresh.service) write to this root; `None` for the shipped roots.
+    pub fn dropin(&self, unit: &str) -> Option<String> {
+        let head =
+            "# Generated by `bootsecrets render`: write access to the manifest's output_root,";
+        let boot = unit == UNIT_NAME;
+        Some(match self {
+            OutputRoot::Shipped => return None,
+            OutputRoot::Run(rel) if boot => format!(
+                "{head}\n\
+                 # /run/{rel}, which is not one of the shipped /run/bootsecrets and /run/credstore.\n\
+                 # systemd creates it on the tmpfs /run like them (RuntimeDirectoryMode=0700) and\n\
+                 # keeps it when the unit stops (RuntimeDirectoryPreserve=yes); bootsecrets sets its\n\
+                 # final mode and owner.\n\
+                 [Service]\n\
+                 RuntimeDirectory={rel}\n"
+            ),
+            OutputRoot::Run(rel) => format!(
+                "{head}\n\
+                 # /run/{rel}, created and kept by {UNIT_NAME}; \"-\": fine if it is missing.\n\
+                 [Service]\n\
+                 ReadWritePaths=-/run/{rel}\n"
+            ),
+            OutputRoot::Elsewhere(path) => format!(
+                "{head}\n\
+                 # {path}, which is outside /run. It must be a tmpfs (or a directory on one) that\n\
+                 # exists and is mounted before this unit starts: this unit may write nowhere else\n\
+                 # (ProtectSystem=strict), and bootsecrets refuses a root that is not on tmpfs.\n\
+                 [Unit]\n\
+                 RequiresMountsFor={path}\n\
+                 \n\
+                 [Service]\n\
+                 ReadWritePaths={path}\n"
+            ),
+        })
+    }
+}
+
+/// One systemd unit of a rendering: what both [`butane`] and [`ignition`] write.
+struct UnitDef {
+    name: &'static str,
+    enabled: bool,
+    contents: Option<&'static str>,
+    /// (file name, contents) of its drop-ins.
+    dropins: Vec<(&'static str, String)>,
+}
+
+/// The units a rendering installs, in order.
+fn units(i: &Install, root: &OutputRoot) -> Vec<UnitDef> {
+    let root_dropin = |unit: &str| {
+        root.dropin(unit)
+            .map(|text| (OUTPUT_ROOT_DROPIN_NAME, text))
+            .into_iter()
+            .collect::<Vec<_>>()
+    };
+    let mut units = vec![UnitDef {
+        name: UNIT_NAME,
+        enabled: true,
+        contents: Some(UNIT),
+        dropins: root_dropin(UNIT_NAME),
+    }];
+    if i.refresh {
+        units.push(UnitDef {
+            name: REFRESH_UNIT_NAME,
+            enabled: false,
+            contents: Some(REFRESH_UNIT),
+            dropins: root_dropin(REFRESH_UNIT_NAME),
+        });
+        units.push(UnitDef {
+            name: REFRESH_TIMER_NAME,
+            enabled: true,
+            contents: Some(REFRESH_TIMER),
+            dropins: Vec::new(),
+        });
+    }
+    if i.kubelet_dropin {
+        units.push(UnitDef {
+            name: "kubelet.service",
+            enabled: false,
+            contents: None,
+            dropins: vec![(KUBELET_DROPIN_NAME, KUBELET_DROPIN.to_string())],
+        });
+    }
+    units
 }
 
 /// Whether `text` survives a YAML literal block (`|`, clip chomping, indentation auto-detected)
@@ -164,7 +352,7 @@ fn scalar(out: &mut String, indent: usize, text: &str) {
 
 /// The Butane snippet.
 pub fn butane(i: &Install) -> Result<String> {
-    i.validate()?;
+    let root = i.checked()?;
     let (variant, version) = i.variant.butane();
     let mut o = String::new();
     let _ = writeln!(
@@ -185,26 +373,23 @@ pub fn butane(i: &Install) -> Result<String> {
         "    - path: {MANIFEST_PATH}\n      mode: 0644\n      contents:\n        inline:"
     );
     scalar(&mut o, 10, &i.manifest);
-    let _ = write!(
-        o,
-        "systemd:\n  units:\n    - name: {UNIT_NAME}\n      enabled: true\n      contents:"
-    );
-    scalar(&mut o, 8, UNIT);
-    if i.refresh {
-        let _ = write!(o, "    - name: {REFRESH_UNIT_NAME}\n      contents:");
-        scalar(&mut o, 8, REFRESH_UNIT);
-        let _ = write!(
-            o,
-            "    - name: {REFRESH_TIMER_NAME}\n      enabled: true\n      contents:"
-        );
-        scalar(&mut o, 8, REFRESH_TIMER);
-    }
-    if i.kubelet_dropin {
-        let _ = write!(
-            o,
-            "    - name: kubelet.service\n      dropins:\n        - name: {KUBELET_DROPIN_NAME}\n          contents:"
-        );
-        scalar(&mut o, 12, KUBELET_DROPIN);
+    o.push_str("systemd:\n  units:\n");
+    for u in units(i, &root) {
+        let _ = writeln!(o, "    - name: {}", u.name);
+        if u.enabled {
+            o.push_str("      enabled: true\n");
+        }
+        if let Some(text) = u.contents {
+            o.push_str("      contents:");
+            scalar(&mut o, 8, text);
+        }
+        if !u.dropins.is_empty() {
+            o.push_str("      dropins:\n");
+            for (name, text) in &u.dropins {
+                let _ = write!(o, "        - name: {name}\n          contents:");
+                scalar(&mut o, 12, text);
+            }
+        }
     }
     Ok(o)
 }
@@ -218,7 +403,7 @@ fn data_url(text: &str) -> String {
 
 /// The Ignition config (spec 3.3.0) equivalent to [`butane`].
 pub fn ignition(i: &Install) -> Result<String> {
-    i.validate()?;
+    let root = i.checked()?;
     let mut config = ign::Config::new(ign::Ignition {
         version: Some("3.3.0".into()),
         ..Default::default()
@@ -244,26 +429,23 @@ pub fn ignition(i: &Install) -> Result<String> {
         ..Default::default()
     });
 
-    let mut unit = ign::Unit::new(UNIT_NAME.into());
-    unit.enabled = Some(true);
-    unit.contents = Some(UNIT.to_string());
-    let mut units = vec![unit];
-    if i.refresh {
-        let mut service = ign::Unit::new(REFRESH_UNIT_NAME.into());
-        service.contents = Some(REFRESH_UNIT.to_string());
-        let mut timer = ign::Unit::new(REFRESH_TIMER_NAME.into());
-        timer.enabled = Some(true);
-        timer.contents = Some(REFRESH_TIMER.to_string());
-        units.push(service);
-        units.push(timer);
-    }
-    if i.kubelet_dropin {
-        let mut kubelet = ign::Unit::new("kubelet.service".into());
-        let mut dropin = ign::Dropin::new(KUBELET_DROPIN_NAME.into());
-        dropin.contents = Some(KUBELET_DROPIN.to_string());
-        kubelet.dropins = Some(vec![dropin]);
-        units.push(kubelet);
-    }
+    let units = units(i, &root)
+        .into_iter()
+        .map(|u| {
+            let mut unit = ign::Unit::new(u.name.into());
+            unit.enabled = u.enabled.then_some(true);
+            unit.contents = u.contents.map(str::to_string);
+            if !u.dropins.is_empty() {
+                let dropins = u.dropins.into_iter().map(|(name, text)| {
+                    let mut dropin = ign::Dropin::new(name.into());
+                    dropin.contents = Some(text);
+                    dropin
+                });
+                unit.dropins = Some(dropins.collect());
+            }
+            unit
+        })
+        .collect();
     config.systemd = Some(ign::Systemd { units: Some(units) });
     // The crate serialises unset options as `null`; Butane omits them, and so do we.
     let mut value =
@@ -371,6 +553,14 @@ mod tests {
         for unit in [UNIT, REFRESH_UNIT, REFRESH_TIMER, KUBELET_DROPIN] {
             assert!(literal_block_safe(unit));
         }
+        for root in [
+            OutputRoot::Run("k8s/secrets".into()),
+            OutputRoot::Elsewhere("/srv/secrets".into()),
+        ] {
+            for unit in [UNIT_NAME, REFRESH_UNIT_NAME] {
+                assert!(literal_block_safe(&root.dropin(unit).unwrap()));
+            }
+        }
     }
 
     #[test]
@@ -420,6 +610,94 @@ mod tests {
         ) {
             let text = lines.join("\n");
             prop_assert_eq!(unquote(&double_quoted(&text, indent)), text);
+        }
+    }
+
+    fn root_of(settings: &str) -> Result<OutputRoot> {
+        OutputRoot::of(&crate::manifest::parse(settings).unwrap())
+    }
+
+    #[test]
+    fn output_roots_resolve_as_run_resolves_them() {
+        for shipped in [
+            "",
+            "[settings]\nlayout = \"files\"\n",
+            "[settings]\nlayout = \"credstore\"\n",
+            "[settings]\noutput_root = \"/run/bootsecrets/\"\n",
+            "[settings]\noutput_root = \"/run/credstore\"\n",
+        ] {
+            assert_eq!(root_of(shipped).unwrap(), OutputRoot::Shipped, "{shipped}");
+        }
+        assert_eq!(
+            root_of("[settings]\nlayout = \"credstore\"\noutput_root = \"/run/k8s/creds/\"\n")
+                .unwrap(),
+            OutputRoot::Run("k8s/creds".into())
+        );
+        assert_eq!(
+            root_of("[settings]\noutput_root = \"/srv/secrets\"\n").unwrap(),
+            OutputRoot::Elsewhere("/srv/secrets".into())
+        );
+    }
+
+    #[test]
+    fn output_roots_a_unit_cannot_take_are_refused_with_the_cause() {
+        for (root, says) in [
+            ("run/x", "must be an absolute path"),
+            ("/", "must not be `/`"),
+            ("/run", "a directory the system shares"),
+            ("/run/user/", "a directory the system shares"),
+            ("/run/systemd", "a directory the system shares"),
+            ("/etc", "a directory the system shares"),
+            ("/run//x", "empty component"),
+            ("/run/x/../y", "`..` component"),
+            ("/var/run/x", "write `/run/x` instead"),
+            ("/run/a b", "would not take literally"),
+            ("/run/%n", "would not take literally"),
+            ("/run/a\\\\b", "would not take literally"),
+            ("/run/x:y", "would not take literally"),
+            ("/run/caf\u{e9}", "would not take literally"),
+        ] {
+            let err = root_of(&format!("[settings]\noutput_root = \"{root}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(says), "{root}: {err}");
+        }
+        let err = root_of("[settings]\nlayout = \"flat\"\n").unwrap_err();
+        assert!(err.to_string().contains("settings.layout `flat`"), "{err}");
+    }
+
+    #[test]
+    fn the_dropins_give_exactly_the_root() {
+        assert_eq!(OutputRoot::Shipped.dropin(UNIT_NAME), None);
+        assert_eq!(OutputRoot::Shipped.dropin(REFRESH_UNIT_NAME), None);
+        let directives = |text: String| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let run = OutputRoot::Run("k8s/secrets".into());
+        assert_eq!(
+            directives(run.dropin(UNIT_NAME).unwrap()),
+            ["[Service]", "RuntimeDirectory=k8s/secrets"]
+        );
+        assert_eq!(
+            directives(run.dropin(REFRESH_UNIT_NAME).unwrap()),
+            ["[Service]", "ReadWritePaths=-/run/k8s/secrets"]
+        );
+        let elsewhere = OutputRoot::Elsewhere("/srv/secrets".into());
+        for unit in [UNIT_NAME, REFRESH_UNIT_NAME] {
+            let text = elsewhere.dropin(unit).unwrap();
+            assert!(text.contains("must be a tmpfs"), "{text}");
+            assert_eq!(
+                directives(text),
+                [
+                    "[Unit]",
+                    "RequiresMountsFor=/srv/secrets",
+                    "[Service]",
+                    "ReadWritePaths=/srv/secrets"
+                ]
+            );
         }
     }
 }

@@ -114,6 +114,15 @@ def butane_to_ignition(bu):
     return {"files": files, "units": bu["systemd"]["units"]}
 
 
+def assert_renderings_agree(bu, ign):
+    want = butane_to_ignition(bu)
+    got_files = [{"path": f["path"], "mode": f["mode"],
+                  "contents": {k: v for k, v in f["contents"].items() if k in ("source", "verification")}}
+                 for f in ign["storage"]["files"]]
+    assert got_files == want["files"]
+    assert ign["systemd"]["units"] == want["units"]
+
+
 @pytest.mark.parametrize("variant,version", [("flatcar", "1.0.0"), ("fcos", "1.4.0")])
 @pytest.mark.parametrize("dropin", [False, True])
 def test_butane_and_ignition_renderings_agree_and_validate(tmp_path, variant, version, dropin):
@@ -123,12 +132,7 @@ def test_butane_and_ignition_renderings_agree_and_validate(tmp_path, variant, ve
     ign = json.loads(ign_text)
     assert (bu["variant"], bu["version"]) == (variant, version)
     assert ign["ignition"]["version"] == "3.3.0"
-    want = butane_to_ignition(bu)
-    got_files = [{"path": f["path"], "mode": f["mode"],
-                  "contents": {k: v for k, v in f["contents"].items() if k in ("source", "verification")}}
-                 for f in ign["storage"]["files"]]
-    assert got_files == want["files"]
-    assert ign["systemd"]["units"] == want["units"]
+    assert_renderings_agree(bu, ign)
     assert ign["systemd"]["units"][0]["contents"] == UNIT.read_text()
     assert (len(ign["systemd"]["units"]) == 2) == dropin
     path = tmp_path / "c.ign"
@@ -260,3 +264,128 @@ def test_the_embedded_manifest_round_trips_through_butane(tmp_path, tricky_manif
     assert ign["systemd"] == ours["systemd"]
     assert [f["path"] for f in ign["storage"]["files"]] == [f["path"] for f in ours["storage"]["files"]]
 
+
+# settings.output_root (or the layout's default) -> the directives of the drop-in each unit needs
+# (None: the shipped units already write there).
+OUTPUT_ROOTS = {
+    "default": ("", None, None),
+    "credstore layout": ('layout = "credstore"\n', None, None),
+    "shipped, written out": ('output_root = "/run/credstore/"\n', None, None),
+    "under /run": ('output_root = "/run/k8s/secrets"\n',
+                   ["[Service]", "RuntimeDirectory=k8s/secrets"],
+                   ["[Service]", "ReadWritePaths=-/run/k8s/secrets"]),
+    "credstore under /run": ('layout = "credstore"\noutput_root = "/run/creds"\n',
+                             ["[Service]", "RuntimeDirectory=creds"],
+                             ["[Service]", "ReadWritePaths=-/run/creds"]),
+    "outside /run": ('output_root = "/srv/bootsecrets"\n',
+                     ["[Unit]", "RequiresMountsFor=/srv/bootsecrets", "[Service]", "ReadWritePaths=/srv/bootsecrets"],
+                     ["[Unit]", "RequiresMountsFor=/srv/bootsecrets", "[Service]", "ReadWritePaths=/srv/bootsecrets"]),
+}
+ROOT_DROPIN = "10-output-root.conf"
+
+
+@pytest.fixture(params=sorted(OUTPUT_ROOTS), ids=lambda k: k.replace(" ", "-").replace(",", ""))
+def output_root(request, tmp_path):
+    settings, boot, refresh = OUTPUT_ROOTS[request.param]
+    path = tmp_path / "manifest.toml"
+    path.write_text(f'[settings]\n{settings}[backend.aws]\ntype = "aws"\n[[secret]]\npath = "token"\nref = "x"\n')
+    return path, {"bootsecrets.service": boot, "bootsecrets-refresh.service": refresh}
+
+
+def directives(text):
+    return [l for l in text.splitlines() if l and not l.startswith("#")]
+
+
+def install_units(root, ign):
+    """Writes the Ignition config's units and drop-ins under ROOT/etc/systemd/system, as Ignition does."""
+    (root / "usr/lib/systemd").mkdir(parents=True)
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    etc = root / "etc/systemd/system"
+    etc.mkdir(parents=True)
+    for unit in ign["systemd"]["units"]:
+        if "contents" in unit:
+            (etc / unit["name"]).write_text(unit["contents"])
+        for d in unit.get("dropins", []):
+            (etc / f"{unit['name']}.d").mkdir(exist_ok=True)
+            (etc / f"{unit['name']}.d" / d["name"]).write_text(d["contents"])
+    (root / "opt/bin").mkdir(parents=True)
+    shutil.copy(BIN, root / "opt/bin/bootsecrets")
+    return etc
+
+
+@pytest.mark.parametrize("variant", ["flatcar", "fcos"])
+@pytest.mark.parametrize("refresh", [False, True], ids=["boot", "refresh"])
+def test_output_root_dropins_agree_verify_and_validate(tmp_path, output_root, variant, refresh):
+    manifest, want = output_root
+    extra = ["--refresh"] if refresh else []
+    bu = yaml.safe_load(render("butane", variant, *extra, manifest=manifest))
+    ign_text = render("ignition", variant, *extra, manifest=manifest)
+    ign = json.loads(ign_text)
+    assert_renderings_agree(bu, ign)
+    units = {u["name"]: u for u in ign["systemd"]["units"]}
+    assert set(units) == ({"bootsecrets.service", "bootsecrets-refresh.service", "bootsecrets-refresh.timer"}
+                          if refresh else {"bootsecrets.service"})
+    for name, unit in units.items():
+        expected = want.get(name)
+        if expected is None:
+            assert "dropins" not in unit, unit
+        else:
+            [d] = unit["dropins"]
+            assert d["name"] == ROOT_DROPIN
+            assert directives(d["contents"]) == expected, d["contents"]
+        assert unit["contents"] == (ROOT / "units" / name).read_text()
+
+    p = tmp_path / "c.ign"
+    p.write_text(ign_text)
+    r = subprocess.run(["ignition-validate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r
+
+    root = tmp_path / "root"
+    etc = install_units(root, ign)
+    r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r  # warnings count as failures
+    for name in units:
+        if name.endswith(".service"):
+            r = subprocess.run(["systemd-analyze", "security", "--offline=true", f"--root={root}", "--no-pager",
+                                name], capture_output=True, text=True)
+            m = re.search(rf"Overall exposure level for {re.escape(name)}: (\d+\.\d+)", r.stdout)
+            assert m and float(m.group(1)) <= 2.0, r.stdout + r.stderr
+    # verify read the drop-ins: a bad line in one is reported.
+    for name in units:
+        if want.get(name):
+            dropin = etc / f"{name}.d" / ROOT_DROPIN
+            dropin.write_text(dropin.read_text() + "NotADirective=1\n")
+            r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", name], capture_output=True, text=True)
+            assert f"{ROOT_DROPIN}:" in r.stderr and "NotADirective" in r.stderr, r
+
+
+@pytest.mark.parametrize("variant", ["flatcar", "fcos"])
+@pytest.mark.parametrize("extra", [[], ["--refresh", "--kubelet-dropin"]], ids=["boot", "refresh-kubelet"])
+def test_butane_compiles_the_snippet_to_the_ignition_rendering(tmp_path, output_root, variant, extra):
+    manifest, _ = output_root
+    bu_text = render("butane", variant, *extra, manifest=manifest)
+    ign = butane_compile(tmp_path, bu_text)
+    ours = json.loads(render("ignition", variant, *extra, manifest=manifest))
+    assert ign["ignition"]["version"] == ours["ignition"]["version"]
+    assert ign["systemd"] == ours["systemd"]
+    files, our_files = ign["storage"]["files"], ours["storage"]["files"]
+    assert [(f["path"], f["mode"]) for f in files] == [(f["path"], f["mode"]) for f in our_files]
+    assert files[0]["contents"] == our_files[0]["contents"]  # the binary: URL and hash
+    assert file_bytes(manifest_entry(files)["contents"]) == manifest.read_bytes()
+    assert file_bytes(manifest_entry(our_files)["contents"]) == manifest.read_bytes()
+    p = tmp_path / "butane.ign"
+    p.write_text(json.dumps(ign))
+    r = subprocess.run(["ignition-validate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r
+
+
+def test_render_refuses_an_output_root_it_cannot_install(tmp_path):
+    for root, says in [("/run/user", "a directory the system shares"), ("/var/run/x", "write `/run/x` instead"),
+                       ("/run/with space", "would not take literally")]:
+        m = tmp_path / "m.toml"
+        m.write_text(f'[settings]\noutput_root = "{root}"\n')
+        for fmt in ("butane", "ignition"):
+            r = subprocess.run([str(BIN), "render", fmt, "--variant", "flatcar", "--binary-url", "http://x/b",
+                                "--binary-sha512", SHA, "--manifest", str(m)], capture_output=True, text=True)
+            assert r.returncode == 2 and r.stdout == "", r
+            assert f"settings.output_root `{root}`" in r.stderr and says in r.stderr, r.stderr
