@@ -105,3 +105,132 @@ fn bad_inputs_are_refused() {
     i.binary_url = "ftp://x".into();
     assert!(render::ignition(&i).is_err());
 }
+
+fn install(manifest: &str, refresh: bool) -> Install {
+    Install {
+        variant: Variant::Flatcar,
+        binary_url: EXAMPLE_URL.into(),
+        binary_sha512: EXAMPLE_SHA512.into(),
+        manifest: manifest.into(),
+        kubelet_dropin: false,
+        refresh,
+    }
+}
+
+/// `text` as the Butane snippet writes a drop-in's contents (a literal block indented by 12).
+fn butane_dropin(name: &str, text: &str) -> String {
+    let mut out = format!("      dropins:\n        - name: {name}\n          contents: |\n");
+    for line in text.lines() {
+        if !line.is_empty() {
+            out.push_str("            ");
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn an_output_root_the_units_cannot_write_gets_a_dropin_in_both_renderings() {
+    for (settings, boot, refresh) in [
+        (
+            "output_root = \"/run/k8s/secrets\"",
+            vec!["RuntimeDirectory=k8s/secrets"],
+            vec!["ReadWritePaths=-/run/k8s/secrets"],
+        ),
+        (
+            "layout = \"credstore\"\noutput_root = \"/srv/creds/\"",
+            vec!["RequiresMountsFor=/srv/creds", "ReadWritePaths=/srv/creds"],
+            vec!["RequiresMountsFor=/srv/creds", "ReadWritePaths=/srv/creds"],
+        ),
+    ] {
+        let manifest = format!("[settings]\n{settings}\n");
+        for with_refresh in [false, true] {
+            let i = install(&manifest, with_refresh);
+            let ign: serde_json::Value =
+                serde_json::from_str(&render::ignition(&i).unwrap()).unwrap();
+            let butane = render::butane(&i).unwrap();
+            let units = ign["systemd"]["units"].as_array().unwrap();
+            assert_eq!(units.len(), if with_refresh { 3 } else { 1 });
+            let mut expect = vec![(render::UNIT_NAME, &boot)];
+            if with_refresh {
+                expect.push((render::REFRESH_UNIT_NAME, &refresh));
+                assert_eq!(units[2]["name"], render::REFRESH_TIMER_NAME);
+                assert!(units[2].get("dropins").is_none());
+            }
+            for (unit, (name, directives)) in units.iter().zip(expect) {
+                assert_eq!(unit["name"], name);
+                let dropins = unit["dropins"].as_array().expect("a drop-in");
+                assert_eq!(dropins.len(), 1, "{name}: {dropins:?}");
+                assert_eq!(dropins[0]["name"], render::OUTPUT_ROOT_DROPIN_NAME);
+                let text = dropins[0]["contents"].as_str().unwrap();
+                let lines: Vec<&str> = text.lines().collect();
+                for d in directives {
+                    assert!(lines.contains(d), "{name}: {d} not in\n{text}");
+                }
+                assert!(
+                    butane.contains(&butane_dropin(render::OUTPUT_ROOT_DROPIN_NAME, text)),
+                    "{name}: the Butane snippet lacks the drop-in\n{butane}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_shipped_output_roots_need_no_dropin() {
+    for manifest in [
+        "",
+        "[settings]\nlayout = \"credstore\"\n",
+        "[settings]\noutput_root = \"/run/credstore/\"\n",
+        "[settings]\nlayout = \"credstore\"\noutput_root = \"/run/bootsecrets\"\n",
+    ] {
+        let i = install(manifest, true);
+        let ign: serde_json::Value = serde_json::from_str(&render::ignition(&i).unwrap()).unwrap();
+        for unit in ign["systemd"]["units"].as_array().unwrap() {
+            assert!(unit.get("dropins").is_none(), "{manifest:?}: {unit}");
+        }
+        assert!(!render::butane(&i).unwrap().contains("dropins:"));
+    }
+}
+
+#[test]
+fn render_refuses_the_output_roots_check_refuses() {
+    for root in [
+        "/dev",
+        "/dev/shm",
+        "/run",
+        "/run/user",
+        "/run/lock",
+        "/run/systemd",
+        "/tmp",
+        "/var",
+        "/var/tmp",
+        "/var/run",
+        "/etc",
+        "/usr",
+        "/home",
+        "/root",
+        "/opt",
+        "/proc",
+        "/sys",
+        "/",
+        "relative",
+        "/run/a/../b",
+    ] {
+        let manifest = format!(
+            "[settings]\noutput_root = \"{root}\"\n[backend.a]\ntype = \"aws\"\n\
+             [[secret]]\npath = \"x\"\nref = \"x\"\n"
+        );
+        let plan = bootsecrets::plan::Plan::build(
+            &bootsecrets::manifest::parse(&manifest).unwrap(),
+            &|_| None,
+        );
+        let plan_err = format!("{:#}", plan.unwrap_err());
+        assert!(plan_err.contains("output_root"), "{root}: {plan_err}");
+        for render in [render::butane, render::ignition] {
+            let err = format!("{:#}", render(&install(&manifest, true)).unwrap_err());
+            assert!(err.contains("settings.output_root"), "{root}: {err}");
+        }
+    }
+}
