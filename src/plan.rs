@@ -227,7 +227,9 @@ const SHARED_DIRS: [&str; 17] = [
     "/sys",
 ];
 
-fn validate_root(s: &str) -> Result<PathBuf, String> {
+/// An `output_root` as written, validated: absolute, not `/`, no traversal or reserved names, not a
+/// shared system directory. Returns it without a trailing `/`. `render` uses it too.
+pub fn validate_root(s: &str) -> Result<PathBuf, String> {
     if !s.starts_with('/') {
         return Err(format!("output_root `{s}` must be an absolute path"));
     }

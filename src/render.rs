@@ -6,7 +6,6 @@
 //! fcos 1.4.0 emit and what every current node and Debian's Ignition 2.14 accept).
 
 use crate::manifest::Manifest;
-use crate::names::RelPath;
 use crate::plan::{CREDSTORE_ROOT, DEFAULT_OUTPUT_ROOT};
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
@@ -84,29 +83,6 @@ impl Install {
     }
 }
 
-/// Directories others use too, which `check` and `run` refuse as an output root (as
-/// `plan::SHARED_DIRS`): render refuses them before a unit drop-in could touch one (systemd
-/// would set the mode and owner of a `RuntimeDirectory=` such as `/run/user`).
-const SHARED_DIRS: [&str; 17] = [
-    "/dev",
-    "/dev/shm",
-    "/run",
-    "/run/user",
-    "/run/lock",
-    "/run/systemd",
-    "/tmp",
-    "/var",
-    "/var/tmp",
-    "/var/run",
-    "/etc",
-    "/usr",
-    "/home",
-    "/root",
-    "/opt",
-    "/proc",
-    "/sys",
-];
-
 /// Where the manifest's secrets go, as the units must know it: `ProtectSystem=strict` leaves them
 /// only `/run/bootsecrets` and `/run/credstore` to write to, anything else needs a drop-in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,22 +108,11 @@ impl OutputRoot {
             Some(o) => bail!("settings.layout `{o}` is not one of \"files\", \"credstore\""),
         };
         let given = s.output_root.as_deref().unwrap_or(default);
-        let Some(rel) = given.strip_prefix('/') else {
-            bail!("settings.output_root `{given}` must be an absolute path");
-        };
-        let rel = rel.trim_end_matches('/');
-        if rel.is_empty() {
-            bail!("settings.output_root must not be `/`");
-        }
-        RelPath::parse(rel).map_err(|e| anyhow!("settings.output_root `{given}` {e}"))?;
-        let path = format!("/{rel}");
-        if SHARED_DIRS.contains(&path.as_str()) {
-            bail!(
-                "settings.output_root `{given}` is a directory the system shares; bootsecrets \
-                 takes its root over (mode, owner, clean-up), so it must be a directory of its \
-                 own, such as `{DEFAULT_OUTPUT_ROOT}` or `{path}/bootsecrets`"
-            );
-        }
+        // What `check` and `run` refuse (relative, `/`, traversal, a shared system directory).
+        let path = crate::plan::validate_root(given)
+            .map_err(|e| anyhow!("settings.{e}"))?
+            .display()
+            .to_string();
         if let Some(under) = path.strip_prefix("/var/run/") {
             bail!(
                 "settings.output_root `{given}` is under /var/run, a symlink to /run: bootsecrets \
