@@ -207,7 +207,7 @@ fn current_group() -> Principal {
 }
 
 /// Directories others use too: never an output root (`/` is refused as well).
-const SHARED_DIRS: [&str; 17] = [
+pub const SHARED_DIRS: [&str; 17] = [
     "/dev",
     "/dev/shm",
     "/run",

@@ -326,31 +326,25 @@ mod tests {
 
     #[test]
     fn a_directory_that_appears_before_our_mkdir_is_found_not_created() {
-        let here = || openat(nix::fcntl::AT_FDCWD, ".", dir_flags(), Mode::empty());
-        // Missing at first; someone else's mkdir wins the race (EEXIST); then it opens.
-        let mut first = true;
-        let open = || {
-            if std::mem::take(&mut first) {
-                Err(Errno::ENOENT)
-            } else {
-                here()
+        // Missing at first, then there: what a mkdir in between (ours or someone else's) leaves.
+        let appearing = || {
+            let mut first = true;
+            move || {
+                if std::mem::take(&mut first) {
+                    Err(Errno::ENOENT)
+                } else {
+                    openat(nix::fcntl::AT_FDCWD, ".", dir_flags(), Mode::empty())
+                }
             }
         };
-        let (_, created) = open_or_create(open, || Err(Errno::EEXIST), true).unwrap();
+        // Someone else's mkdir wins the race (EEXIST).
+        let (_, created) = open_or_create(appearing(), || Err(Errno::EEXIST), true).unwrap();
         assert!(
             !created,
             "a directory made by someone else is never adopted as created"
         );
         // Our own mkdir: created.
-        let mut first = true;
-        let open = || {
-            if std::mem::take(&mut first) {
-                Err(Errno::ENOENT)
-            } else {
-                here()
-            }
-        };
-        assert!(open_or_create(open, || Ok(()), true).unwrap().1);
+        assert!(open_or_create(appearing(), || Ok(()), true).unwrap().1);
         // Not asked to create: the ENOENT stands.
         let e = open_or_create(|| Err(Errno::ENOENT), || Ok(()), false).unwrap_err();
         assert_eq!(e, (Errno::ENOENT, false));
