@@ -33,6 +33,11 @@ impl Secret {
         Secret(Zeroizing::new(bytes))
     }
 
+    /// Takes ownership of a zeroizing buffer without copying it.
+    pub fn from_zeroizing(mut bytes: Zeroizing<Vec<u8>>) -> Self {
+        Secret::new(std::mem::take(&mut *bytes))
+    }
+
     /// Takes ownership of a string's buffer without copying it.
     pub fn from_string(s: String) -> Self {
         Secret::new(s.into_bytes())
@@ -122,6 +127,17 @@ mod tests {
             locked_kib()
         );
         drop(big);
+    }
+
+    #[test]
+    fn a_zeroizing_buffer_becomes_a_secret_without_a_copy() {
+        let mut buf = Zeroizing::new(Vec::with_capacity(16));
+        buf.extend_from_slice(b"canary-5e0a");
+        let ptr = buf.as_ptr();
+        let s = Secret::from_zeroizing(buf);
+        assert_eq!(s.expose(), b"canary-5e0a");
+        assert_eq!(s.expose().as_ptr(), ptr);
+        assert!(Secret::from_zeroizing(Zeroizing::new(Vec::new())).is_empty());
     }
 
     #[test]
