@@ -85,6 +85,12 @@ impl SecretString {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The text's buffer as zeroizing bytes, without copying it.
+    pub fn into_bytes(self) -> Zeroizing<Vec<u8>> {
+        let SecretString(mut s) = self;
+        Zeroizing::new(std::mem::take(&mut *s).into_bytes())
+    }
 }
 
 impl fmt::Debug for SecretString {
@@ -138,6 +144,15 @@ mod tests {
         assert_eq!(s.expose(), b"canary-5e0a");
         assert_eq!(s.expose().as_ptr(), ptr);
         assert!(Secret::from_zeroizing(Zeroizing::new(Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn a_secret_string_gives_up_its_buffer_without_a_copy() {
+        let t = SecretString::new("token-77b2".to_string());
+        let ptr = t.expose().as_ptr();
+        let b = t.into_bytes();
+        assert_eq!(&b[..], b"token-77b2");
+        assert_eq!(b.as_ptr(), ptr);
     }
 
     #[test]
