@@ -50,7 +50,7 @@ pub fn json_key(value: &Secret, key: &str) -> Result<Secret, String> {
     }
     if text.starts_with('"') {
         unescape_json_string(text)
-            .map(Secret::new)
+            .map(Secret::from_zeroizing)
             .ok_or_else(|| format!("the secret's JSON key `{key}` holds an invalid string escape"))
     } else {
         Ok(Secret::new(text.as_bytes().to_vec()))
@@ -63,11 +63,13 @@ fn hex4(b: &[u8]) -> Option<u32> {
 }
 
 /// Decodes a JSON string literal (quotes included) into a fresh buffer. Written here rather than
-/// through serde_json so that no non-zeroizing scratch copy of the value is ever made.
-fn unescape_json_string(lit: &str) -> Option<Vec<u8>> {
+/// through serde_json so that no non-zeroizing scratch copy of the value is ever made. The buffer
+/// is zeroed on every path, including an invalid escape found midway, and never reallocated: an
+/// unescaped string is never longer than its literal.
+fn unescape_json_string(lit: &str) -> Option<Zeroizing<Vec<u8>>> {
     let b = lit.as_bytes();
     let inner = b.strip_prefix(b"\"")?.strip_suffix(b"\"")?;
-    let mut out = Vec::with_capacity(inner.len());
+    let mut out = Zeroizing::new(Vec::with_capacity(inner.len()));
     let mut i = 0;
     while i < inner.len() {
         let c = inner[i];
@@ -115,28 +117,28 @@ fn unescape_json_string(lit: &str) -> Option<Vec<u8>> {
         let mut buf = [0u8; 4];
         out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
     }
+    debug_assert!(out.capacity() == inner.len(), "reallocated");
     Some(out)
 }
 
 /// Decodes standard base64 (padding optional; ASCII whitespace such as PEM line breaks ignored).
+/// Both buffers, the compacted text and the decoded bytes, are sized before they are filled (no
+/// reallocation leaves a copy behind) and zeroed on every path, the error path included.
 pub fn base64_decode(value: &Secret) -> Result<Secret, String> {
-    let compact: Zeroizing<Vec<u8>> = Zeroizing::new(
-        value
-            .expose()
-            .iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect(),
-    );
+    let input = value.expose();
+    let mut compact: Zeroizing<Vec<u8>> = Zeroizing::new(Vec::with_capacity(input.len()));
+    compact.extend(input.iter().copied().filter(|b| !b.is_ascii_whitespace()));
     let engine = base64::engine::GeneralPurpose::new(
         &base64::alphabet::STANDARD,
         base64::engine::GeneralPurposeConfig::new()
             .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
     );
-    engine
-        .decode(&*compact)
-        .map(Secret::new)
-        .map_err(|_| "the secret is not valid base64 (standard alphabet)".to_string())
+    let mut out = Zeroizing::new(vec![0u8; base64::decoded_len_estimate(compact.len())]);
+    let n = engine
+        .decode_slice(&*compact, &mut out)
+        .map_err(|_| "the secret is not valid base64 (standard alphabet)".to_string())?;
+    out.truncate(n);
+    Ok(Secret::from_zeroizing(out))
 }
 
 /// Applies the manifest's `json_key` and `encoding`, in that order.
@@ -207,5 +209,97 @@ mod tests {
         assert_eq!(base64_decode(&s("aGVsbG8")).unwrap().expose(), b"hello");
         let v = transform(s(r#"{"k":"AAEC/w=="}"#), Some("k"), Encoding::Base64).unwrap();
         assert_eq!(v.expose(), &[0, 1, 2, 255]);
+    }
+
+    /// The zeroizing decoder accepts and refuses exactly what base64's own `decode` does with the
+    /// same settings, and its output needs no bigger buffer than the estimate it allocates.
+    #[test]
+    fn base64_matches_the_library_decoder_on_valid_and_invalid_input() {
+        use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
+        let reference = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        for n in 0..100usize {
+            let raw: Vec<u8> = (0..n).map(|i| (i * 37 + 11) as u8).collect();
+            for text in [STANDARD.encode(&raw), STANDARD_NO_PAD.encode(&raw)] {
+                assert_eq!(
+                    base64_decode(&s(&text)).unwrap().expose(),
+                    &raw[..],
+                    "{text}"
+                );
+                let wrapped: String = text
+                    .as_bytes()
+                    .chunks(7)
+                    .map(|c| std::str::from_utf8(c).unwrap().to_string() + "\r\n ")
+                    .collect();
+                assert_eq!(base64_decode(&s(&wrapped)).unwrap().expose(), &raw[..]);
+            }
+        }
+        for bad in [
+            "A",
+            "AB=",
+            "QR==",
+            "QUI",
+            "QUJ=",
+            "aGVsbG8=x",
+            "!!!!",
+            "aGVs-bG8",
+            "aGVs_bG8",
+            "====",
+            "aGVsbG8===",
+            "=aGVsbG8",
+            "AAAAA",
+            "aGVsbG8=aGVs",
+            "\u{e9}AAA",
+        ] {
+            let ours = base64_decode(&s(bad)).map(|v| v.expose().to_vec());
+            let theirs = reference.decode(bad.as_bytes());
+            assert_eq!(
+                ours.is_ok(),
+                theirs.is_ok(),
+                "{bad:?}: {ours:?} / {theirs:?}"
+            );
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                assert_eq!(a, b, "{bad:?}");
+            } else {
+                let e = base64_decode(&s(bad)).unwrap_err();
+                assert_eq!(e, "the secret is not valid base64 (standard alphabet)");
+            }
+        }
+        assert!(base64_decode(&s("")).unwrap().is_empty());
+        assert!(base64_decode(&s(" \n\t")).unwrap().is_empty());
+    }
+
+    /// The unescaped buffer is allocated once, at the literal's length, which bounds the output.
+    #[test]
+    fn unescaping_fills_a_buffer_sized_by_the_literal() {
+        for lit in [
+            r#""""#,
+            r#""plain ascii, as long as the literal""#,
+            r#""\n\t\"\\\/""#,
+            r#""\u00e9\u20ac\ud83d\ude00""#,
+            "\"caf\u{e9} \u{1F600}\"",
+        ] {
+            let out = unescape_json_string(lit).unwrap();
+            assert_eq!(out.capacity(), lit.len() - 2, "{lit}");
+            assert_eq!(
+                &out[..],
+                serde_json::from_str::<String>(lit).unwrap().as_bytes()
+            );
+        }
+        for bad in [
+            r#""abc"#,
+            r#"abc""#,
+            r#""a\""#,
+            r#""\""#,
+            r#""a\x""#,
+            r#""a\u12""#,
+            r#""a\u12zz""#,
+            r#""a\ud800\n""#,
+        ] {
+            assert!(unescape_json_string(bad).is_none(), "{bad}");
+        }
     }
 }

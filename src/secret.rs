@@ -33,6 +33,11 @@ impl Secret {
         Secret(Zeroizing::new(bytes))
     }
 
+    /// Takes ownership of a zeroizing buffer without copying it.
+    pub fn from_zeroizing(mut bytes: Zeroizing<Vec<u8>>) -> Self {
+        Secret::new(std::mem::take(&mut *bytes))
+    }
+
     /// Takes ownership of a string's buffer without copying it.
     pub fn from_string(s: String) -> Self {
         Secret::new(s.into_bytes())
@@ -80,6 +85,12 @@ impl SecretString {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// The text's buffer as zeroizing bytes, without copying it.
+    pub fn into_bytes(self) -> Zeroizing<Vec<u8>> {
+        let SecretString(mut s) = self;
+        Zeroizing::new(std::mem::take(&mut *s).into_bytes())
+    }
 }
 
 impl fmt::Debug for SecretString {
@@ -122,6 +133,26 @@ mod tests {
             locked_kib()
         );
         drop(big);
+    }
+
+    #[test]
+    fn a_zeroizing_buffer_becomes_a_secret_without_a_copy() {
+        let mut buf = Zeroizing::new(Vec::with_capacity(16));
+        buf.extend_from_slice(b"canary-5e0a");
+        let ptr = buf.as_ptr();
+        let s = Secret::from_zeroizing(buf);
+        assert_eq!(s.expose(), b"canary-5e0a");
+        assert_eq!(s.expose().as_ptr(), ptr);
+        assert!(Secret::from_zeroizing(Zeroizing::new(Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn a_secret_string_gives_up_its_buffer_without_a_copy() {
+        let t = SecretString::new("token-77b2".to_string());
+        let ptr = t.expose().as_ptr();
+        let b = t.into_bytes();
+        assert_eq!(&b[..], b"token-77b2");
+        assert_eq!(b.as_ptr(), ptr);
     }
 
     #[test]

@@ -318,6 +318,30 @@ fn error_code<E: ProvideErrorMetadata>(err: &E, raw: Option<&HttpResponse>) -> O
     sanitize(&text[start..end])
 }
 
+/// What an `InvalidRequestException` stands for. Secrets Manager uses the one code for several
+/// reasons (a secret scheduled for deletion, a `VersionId` that does not carry the `VersionStage`
+/// asked for, ...); its message is matched against known phrases, AWS's and moto's, to pick one of
+/// our messages, and never quoted.
+fn invalid_request_reason<E: ProvideErrorMetadata>(err: &E) -> &'static str {
+    let m = err
+        .message()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_ascii_lowercase();
+    let has = |p: &str| m.contains(p);
+    if (has("deletion") || has("deleted")) && (has("marked") || has("scheduled")) {
+        "the secret is scheduled for deletion; cancel that with `aws secretsmanager \
+         restore-secret --secret-id <ref>`, or point `ref` at another secret"
+    } else if has("versionstage") && has("versionid") && has("not associated") {
+        "`version_id` and `version_stage` do not match: the version does not carry that stage; \
+         set only one, or a pair that matches"
+    } else {
+        "AWS refused the request as invalid"
+    }
+}
+
 /// Refuses a response larger than the limit: at once when its `Content-Length` says so, and
 /// otherwise as soon as more than the limit has been read, so an oversize body is never buffered.
 #[derive(Debug)]
@@ -442,10 +466,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                     false,
                     "KMS cannot decrypt the secret (check kms:Decrypt on its key)",
                 ),
-                "InvalidRequestException" => (
-                    false,
-                    "invalid request (for example, the secret is scheduled for deletion)",
-                ),
+                "InvalidRequestException" => (false, invalid_request_reason(ctx.err())),
                 "InvalidParameterException" => (
                     false,
                     "invalid parameter (check ref, version_id and version_stage)",
@@ -515,9 +536,22 @@ mod tests {
         body: &str,
         headers: &[(&str, &str)],
     ) -> FetchError {
+        service_error_with_message(status, code, None, body, headers)
+    }
+
+    fn service_error_with_message(
+        status: u16,
+        code: Option<&str>,
+        message: Option<&str>,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> FetchError {
         let mut meta = ErrorMetadata::builder();
         if let Some(c) = code {
             meta = meta.code(c);
+        }
+        if let Some(m) = message {
+            meta = meta.message(m);
         }
         let err = GetSecretValueError::generic(meta.build());
         let mut raw = HttpResponse::new(status.try_into().unwrap(), SdkBody::from(body));
@@ -566,6 +600,59 @@ mod tests {
         assert!(service_error(400, Some("InvalidSignatureException"), "", &[]).is_transient());
         assert!(!service_error(403, Some("SignatureDoesNotMatch"), "", &[]).is_transient());
         assert!(!service_error(418, None, "", &[]).is_transient());
+    }
+
+    /// One code, several reasons: AWS's and moto's wordings pick the reason; nothing else does,
+    /// and the message is never quoted.
+    #[test]
+    fn invalid_request_names_the_reason_from_known_phrases() {
+        let invalid = |status, message: Option<&str>| {
+            service_error_with_message(status, Some("InvalidRequestException"), message, "", &[])
+        };
+        for m in [
+            "You can't perform this operation on the secret because it was marked for deletion.",
+            "An error occurred (InvalidRequestException) when calling the GetSecretValue \
+             operation: You tried to                 perform the operation on a secret that's \
+             currently marked deleted.",
+            "The secret is scheduled for deletion.",
+        ] {
+            let e = invalid(400, Some(m));
+            assert!(!e.is_transient());
+            assert!(
+                e.message
+                    .starts_with("the secret is scheduled for deletion; ")
+                    && e.message.contains("aws secretsmanager restore-secret")
+                    && e.message.ends_with("(InvalidRequestException, HTTP 400)"),
+                "{m}: {}",
+                e.message
+            );
+        }
+        let e = invalid(
+            404,
+            Some("You provided a VersionStage that is not associated to the provided VersionId."),
+        );
+        assert!(!e.is_transient());
+        assert!(
+            e.message
+                .starts_with("`version_id` and `version_stage` do not match")
+                && e.message.ends_with("(InvalidRequestException, HTTP 404)"),
+            "{}",
+            e.message
+        );
+        for m in [
+            None,
+            Some(""),
+            Some("You can't access a secret managed by another service: canary-3d7f"),
+            Some("The secret was deleted"),
+            Some("VersionStage canary-3d7f"),
+        ] {
+            let e = invalid(400, m);
+            assert!(!e.is_transient());
+            assert_eq!(
+                e.message, "AWS refused the request as invalid (InvalidRequestException, HTTP 400)",
+                "{m:?}"
+            );
+        }
     }
 
     #[test]

@@ -21,16 +21,26 @@ use google_cloud_gax::error::rpc::Code;
 use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_secretmanager_v1::client::SecretManagerService;
 use std::fmt;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const GLOBAL_ENDPOINT: &str = "https://secretmanager.googleapis.com";
+/// Stands for the project in a secret's label before the metadata server has named it (`check`).
+const METADATA_PROJECT: &str = "(the metadata server's project)";
+
+/// The project a backend reads short refs from: the manifest's, or the one the metadata server
+/// named when the backend connected. Shared by the backend's settings and its secrets, so that a
+/// secret's label names the project actually used.
+type BackendProject = Arc<Mutex<Option<String>>>;
 
 /// Validated settings of one `type = "gcp"` backend.
 #[derive(Debug, Clone)]
 pub struct GcpConfig {
     /// None: read from the metadata server at run time.
     pub project: Option<String>,
+    /// `project`, or once connected, the project the metadata server named.
+    project_used: BackendProject,
     /// Some: regional secrets, served by the regional endpoint.
     pub location: Option<String>,
     pub endpoint: String,
@@ -46,6 +56,8 @@ pub struct GcpSecretRef {
     pub location: Option<String>,
     pub secret: String,
     pub version: String,
+    /// The backend's project, for the label of a ref without its own.
+    backend_project: BackendProject,
 }
 
 impl GcpSecretRef {
@@ -159,6 +171,7 @@ pub fn plan(e: &GcpEntry, _env: EnvLookup<'_>) -> Result<GcpConfig, Vec<String>>
     }
     Ok(GcpConfig {
         project: e.project.clone(),
+        project_used: Arc::new(Mutex::new(e.project.clone())),
         location: e.location.clone(),
         endpoint,
         endpoint_source,
@@ -245,6 +258,7 @@ pub fn plan_secret(cfg: &GcpConfig, e: &SecretEntry) -> Result<GcpSecretRef, Vec
         location: cfg.location.clone(),
         secret: secret.to_string(),
         version: version.to_string(),
+        backend_project: cfg.project_used.clone(),
     })
 }
 
@@ -266,8 +280,11 @@ impl GcpConfig {
 }
 
 impl GcpSecretRef {
+    /// The full version name, in the project it is read from: the ref's own, else the backend's
+    /// (configured, or named by the metadata server once the backend has connected).
     pub fn describe(&self) -> String {
-        self.name(self.project.as_deref().unwrap_or("(project)"))
+        let backend = self.backend_project.lock().unwrap().clone();
+        self.name(backend.as_deref().unwrap_or(METADATA_PROJECT))
     }
 }
 
@@ -328,10 +345,12 @@ impl GcpBackend {
         let project = match &cfg.project {
             Some(p) => p.clone(),
             None => {
-                retry(&format!("backend `{name}`: project id"), deadline, |_| {
+                let p = retry(&format!("backend `{name}`: project id"), deadline, |_| {
                     cfg.metadata.project_id()
                 })
-                .await?
+                .await?;
+                *cfg.project_used.lock().unwrap() = Some(p.clone());
+                p
             }
         };
         // Sized up front: a growing `format!` would free partial copies of the token unzeroed.
@@ -624,6 +643,34 @@ mod tests {
             err(&r, "projects/p/locations/us-east1/secrets/db", None).contains("use a backend")
         );
         assert!(err(&r, "projects/p/secrets/db", None).contains("global secret"));
+    }
+
+    /// A short ref is labelled with the backend's project: the configured one, or the one the
+    /// metadata server named (recorded at connect time); a ref's own project wins.
+    #[test]
+    fn labels_name_the_project_a_secret_is_read_from() {
+        let g = cfg(None);
+        let d = |g: &GcpConfig, r: &str| plan_secret(g, &secret(r, None)).unwrap().describe();
+        assert_eq!(d(&g, "db"), "projects/proj-1/secrets/db/versions/latest");
+        assert_eq!(
+            d(&g, "projects/other/secrets/db"),
+            "projects/other/secrets/db/versions/latest"
+        );
+
+        let m = plan(&GcpEntry::default(), &|_| None).unwrap();
+        let short = plan_secret(&m, &secret("db", Some("3"))).unwrap();
+        let full = plan_secret(&m, &secret("projects/other/secrets/db", None)).unwrap();
+        assert_eq!(
+            short.describe(),
+            "projects/(the metadata server's project)/secrets/db/versions/3"
+        );
+        // What connect records once the metadata server has named the project.
+        *m.project_used.lock().unwrap() = Some("from-metadata".into());
+        assert_eq!(
+            short.describe(),
+            "projects/from-metadata/secrets/db/versions/3"
+        );
+        assert_eq!(full.describe(), "projects/other/secrets/db/versions/latest");
     }
 
     #[test]

@@ -247,3 +247,43 @@ def test_size_limits_refuse_oversize_values_and_responses(moto, imds, outdir, na
     assert published(outdir) == {}
     r = bootsecrets(aws_manifest(outdir, imds, moto, secret, settings="max_secret_bytes = 300"))
     assert r.code == 0, r
+
+
+def test_invalid_request_names_aws_reason_without_quoting_it(moto, imds, outdir, name, bootsecrets):
+    """AWS answers InvalidRequestException both for a secret scheduled for deletion and for a
+    version_id that does not carry the version_stage asked for: each gets its own message, picked
+    from known phrases of AWS's, which are never echoed."""
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/gone", SecretString="x")
+    sm.delete_secret(SecretId=f"{name}/gone", RecoveryWindowInDays=7)
+    v1 = sm.create_secret(Name=f"{name}/rot", SecretString="old")["VersionId"]
+    sm.put_secret_value(SecretId=f"{name}/rot", SecretString="new")
+
+    gone = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "gone", "ref": f"{name}/gone"}],
+                                    settings="deadline_seconds = 60"))
+    assert gone.code == 1, gone
+    assert "secret `gone`" in gone.stderr and "the secret is scheduled for deletion" in gone.stderr, gone
+    assert "aws secretsmanager restore-secret" in gone.stderr, gone
+    assert "(InvalidRequestException, HTTP 400)" in gone.stderr, gone
+    assert "version_stage" not in gone.stderr, gone
+
+    pinned = bootsecrets(aws_manifest(outdir, imds, moto, [
+        {"path": "pinned", "ref": f"{name}/rot", "version_id": v1, "version_stage": "AWSCURRENT"},
+    ], settings="deadline_seconds = 60"))
+    assert pinned.code == 1, pinned
+    assert "secret `pinned`" in pinned.stderr, pinned
+    assert "`version_id` and `version_stage` do not match" in pinned.stderr, pinned
+    assert "InvalidRequestException" in pinned.stderr and "deletion" not in pinned.stderr, pinned
+
+    for r in (gone, pinned):
+        assert "retrying" not in r.stderr and r.elapsed < 30, r
+        for words in ("marked deleted", "not associated", "You provided", "You tried"):
+            assert words not in r.output, (words, r)
+    assert published(outdir) == {}
+
+    # The pair that does match is read.
+    r = bootsecrets(aws_manifest(outdir, imds, moto, [
+        {"path": "pinned", "ref": f"{name}/rot", "version_id": v1, "version_stage": "AWSPREVIOUS"},
+    ]))
+    assert r.code == 0, r
+    assert (outdir / "pinned").read_bytes() == b"old"

@@ -6,7 +6,7 @@ import os
 import urllib.error
 import urllib.request
 
-from conftest import gcp_manifest, published
+from conftest import gcp_manifest, published, status
 from support.jwt import claims
 
 CANARY = "CANARY-gcp-91c2e0-secret-value"
@@ -46,6 +46,38 @@ def test_latest_number_alias_and_full_names(gce_metadata, secret_manager, outdir
     assert (outdir / "r1").read_bytes() == (outdir / "r2").read_bytes() == b"in-europe"
     assert sm.count("/locations/europe-west1/secrets/regional/versions/latest:access") == 2
     assert gce_metadata.count("/project/project-id") == 1, "project set in the manifest: not asked"
+
+
+def test_a_secret_is_labelled_with_the_project_it_is_read_from(gce_metadata, secret_manager, outdir,
+                                                              bootsecrets):
+    """A short `ref` is read from the backend's project: the manifest's, or, when it sets none,
+    the one the metadata server names at run time. Messages, `check` and the status file name
+    that project, never a placeholder."""
+    secret_manager.add_version("db", b"labelled")
+    configured = gcp_manifest(outdir, gce_metadata, secret_manager, [{"path": "x", "ref": "nope"}],
+                              project="123456789012", settings="deadline_seconds = 60")
+    r = bootsecrets(configured)
+    assert r.code == 1, r
+    assert "secret `x` (backend `gcp`, ref projects/123456789012/secrets/nope/versions/latest)" \
+        in r.stderr, r
+    r = bootsecrets(configured, command="check")
+    assert r.code == 0 and "projects/123456789012/secrets/nope/versions/latest" in r.stdout, r
+
+    from_metadata = gcp_manifest(outdir, gce_metadata, secret_manager, [{"path": "x", "ref": "nope"}],
+                                 settings="deadline_seconds = 60")
+    r = bootsecrets(from_metadata)
+    assert r.code == 1, r
+    assert "secret `x` (backend `gcp`, ref projects/bootsecrets-test/secrets/nope/versions/latest)" \
+        in r.stderr, r
+    assert status(outdir)["run"]["error"] in r.stderr, r
+    r = bootsecrets(from_metadata, command="check")
+    assert r.code == 0 and "nope/versions/latest" in r.stdout, r
+    assert "(project)" not in r.output, r
+
+    r = bootsecrets(gcp_manifest(outdir, gce_metadata, secret_manager, [{"path": "db", "ref": "db"}]))
+    assert r.code == 0, r
+    assert [s["ref"] for s in status(outdir)["secrets"]] == \
+        ["projects/bootsecrets-test/secrets/db/versions/latest"]
 
 
 def test_binary_payload_json_key_and_base64(gce_metadata, secret_manager, outdir, bootsecrets):

@@ -17,6 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+use vaultrs::api::auth::aws::requests::IamLoginRequest;
 use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
@@ -667,7 +668,7 @@ pub fn aws_login_request(
     sts_region: &str,
     creds: &aws_imds::AwsCredentials,
     now: SystemTime,
-) -> Result<vaultrs::api::auth::aws::requests::IamLoginRequest, FetchError> {
+) -> Result<IamLogin, FetchError> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
     let fail = |m: &str| FetchError::permanent(format!("signing the aws login request: {m}"));
@@ -714,31 +715,75 @@ pub fn aws_login_request(
         .map_err(|_| fail("SigV4 signing failed"))?
         .into_parts();
 
-    // Vault wants the headers as a JSON object of name -> list of values, base64-encoded.
-    let mut all: std::collections::BTreeMap<String, Vec<String>> = headers
+    // Vault wants the headers as a JSON object of name -> list of values, base64-encoded. The
+    // values (the session token and the signature among them) are zeroizing, and so is the JSON,
+    // sized up front: serde_json writes a byte as at most 6 (`\u00XX`), and a member adds
+    // `"":[""],` around its name and value; a growing buffer would free partial copies unzeroed.
+    let mut all: std::collections::BTreeMap<String, Vec<Zeroizing<String>>> = headers
         .iter()
-        .map(|(k, v)| (canonical_header(k), vec![v.clone()]))
+        .map(|(k, v)| (canonical_header(k), vec![Zeroizing::new(v.clone())]))
         .collect();
     for (k, v) in instructions.headers() {
-        all.insert(canonical_header(k), vec![v.to_string()]);
+        all.insert(canonical_header(k), vec![Zeroizing::new(v.to_string())]);
     }
-    let json = Zeroizing::new(serde_json::to_vec(&all).map_err(|_| fail("encoding headers"))?);
-    // The map holds the session token and the signature as plain Strings: zero them.
-    for values in all.values_mut() {
-        for v in values.iter_mut() {
-            zeroize::Zeroize::zeroize(v);
-        }
+    let bound = 2 + all
+        .iter()
+        .map(|(k, vs)| 6 * k.len() + 6 + vs.iter().map(|v| 6 * v.len() + 3).sum::<usize>())
+        .sum::<usize>();
+    let mut json = Zeroizing::new(Vec::with_capacity(bound));
+    serde_json::to_writer(&mut *json, &all).map_err(|_| fail("encoding headers"))?;
+    debug_assert!(json.capacity() == bound, "reallocated");
+    Ok(IamLogin(IamLoginRequest {
+        mount: mount.to_string(),
+        role: role.map(str::to_string),
+        iam_http_request_method: "POST".to_string(),
+        iam_request_url: B64.encode(url.as_bytes()),
+        iam_request_body: B64.encode(GET_CALLER_IDENTITY.as_bytes()),
+        iam_request_headers: B64.encode(&*json),
+    }))
+}
+
+/// Vault's aws (IAM) login request. `vaultrs` takes the request by value and drops it once sent;
+/// this wrapper zeroes its fields (the base64 of the signed headers holds the session token and
+/// the signature) when it is dropped, wherever that happens: inside `vaultrs` after the call, or
+/// with the login's future if it is cancelled. The copies `rustify` makes to send it (the JSON
+/// body) are the SDK's (docs/security.md). No `Debug`: `IamLoginRequest`'s own prints the fields.
+pub struct IamLogin(IamLoginRequest);
+
+impl Drop for IamLogin {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        let r = &mut self.0;
+        r.mount.zeroize();
+        r.role.zeroize();
+        r.iam_http_request_method.zeroize();
+        r.iam_request_url.zeroize();
+        r.iam_request_body.zeroize();
+        r.iam_request_headers.zeroize();
     }
-    let mut b = vaultrs::api::auth::aws::requests::IamLoginRequest::builder();
-    b.mount(mount)
-        .iam_http_request_method("POST")
-        .iam_request_url(B64.encode(url.as_bytes()))
-        .iam_request_body(B64.encode(GET_CALLER_IDENTITY.as_bytes()))
-        .iam_request_headers(B64.encode(&*json));
-    if let Some(r) = role {
-        b.role(r);
+}
+
+/// The request `vaultrs` sends is `IamLoginRequest`'s, unchanged: every part delegates to it.
+impl rustify::endpoint::Endpoint for IamLogin {
+    type Response = <IamLoginRequest as rustify::endpoint::Endpoint>::Response;
+    const REQUEST_BODY_TYPE: rustify::enums::RequestType = IamLoginRequest::REQUEST_BODY_TYPE;
+    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = IamLoginRequest::RESPONSE_BODY_TYPE;
+
+    fn path(&self) -> String {
+        self.0.path()
     }
-    b.build().map_err(|_| fail("incomplete login request"))
+
+    fn method(&self) -> rustify::enums::RequestMethod {
+        self.0.method()
+    }
+
+    fn query(&self) -> Result<Option<String>, rustify::errors::ClientError> {
+        self.0.query()
+    }
+
+    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
+        self.0.body()
+    }
 }
 
 /// `x-amz-date` -> `X-Amz-Date`, as Go's net/http (and so Vault) writes header names.
@@ -889,6 +934,82 @@ mod tests {
             serde_json::from_slice(&azure_login_body("worker", &jwt, &vm).unwrap()).unwrap();
         assert_eq!(body["vmss_name"], "pool-a");
         assert!(body.get("vm_name").is_none());
+    }
+
+    /// The request `vaultrs` sends for the wrapper is exactly `IamLoginRequest`'s.
+    #[test]
+    fn the_zeroing_wrapper_sends_the_same_request() {
+        let req = aws_login_request(
+            "aws",
+            Some("node"),
+            Some("vault.example.com"),
+            STS_ENDPOINT,
+            STS_REGION,
+            &creds(),
+            SystemTime::now(),
+        )
+        .unwrap();
+        let inner = &req.0;
+        let plain = IamLoginRequest {
+            mount: inner.mount.clone(),
+            role: inner.role.clone(),
+            iam_http_request_method: inner.iam_http_request_method.clone(),
+            iam_request_url: inner.iam_request_url.clone(),
+            iam_request_body: inner.iam_request_body.clone(),
+            iam_request_headers: inner.iam_request_headers.clone(),
+        };
+        let (a, b) = (
+            req.request("https://vault.example.com:8200").unwrap(),
+            plain.request("https://vault.example.com:8200").unwrap(),
+        );
+        assert_eq!(a.method(), b.method());
+        assert_eq!(a.uri(), b.uri());
+        assert_eq!(a.headers(), b.headers());
+        assert_eq!(a.body(), b.body());
+    }
+
+    /// Dropping the login request (as `vaultrs` does once it is sent) frees no block that still
+    /// holds its signed headers; nor does building it (the header JSON is sized up front). Token
+    /// lengths are swept so that a growing buffer would be caught reallocating after the session
+    /// token entry is written.
+    #[test]
+    fn the_aws_login_request_leaves_no_copy_of_the_signed_headers() {
+        use super::super::http::freed;
+        let (mut built, mut dropped) = (0, 0);
+        for n in (200..1200).step_by(5) {
+            let token: String = (0..n).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let json: &'static [u8] = Box::leak(
+                format!("\"X-Amz-Security-Token\":[\"{token}\"]")
+                    .into_bytes()
+                    .into(),
+            );
+            let creds = aws_imds::AwsCredentials {
+                session_token: SecretString::new(token),
+                ..creds()
+            };
+            let (req, hits) = freed::holding(json, || {
+                aws_login_request(
+                    "aws",
+                    Some("node"),
+                    Some("vault.example.com"),
+                    STS_ENDPOINT,
+                    STS_REGION,
+                    &creds,
+                    SystemTime::now(),
+                )
+                .unwrap()
+            });
+            built += hits;
+            let encoded: &'static [u8] =
+                Box::leak(req.0.iam_request_headers.clone().into_bytes().into());
+            let ((), hits) = freed::holding(encoded, || drop(req));
+            dropped += hits;
+        }
+        assert_eq!(built, 0, "a freed block held the signed headers' JSON");
+        assert_eq!(
+            dropped, 0,
+            "a freed block held the login request's signed headers"
+        );
     }
 
     #[test]

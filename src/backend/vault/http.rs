@@ -10,6 +10,7 @@ use crate::secret::{Secret, SecretString};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 /// The status classes the KV code branches on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,12 +149,29 @@ pub fn classify_vaultrs(e: &vaultrs::error::ClientError, what: &str) -> FetchErr
     }
 }
 
+/// A sensitive header value that shares `owner`'s bytes instead of copying them: its clones
+/// share them too, and `owner` is dropped (a `Zeroizing` buffer zeroed) with the last clone, or at
+/// once if the bytes are not a valid header value. `HeaderValue::from_maybe_shared` keeps a
+/// `Bytes` as it is; `Bytes::from_owner` keeps the owner rather than a copy of its bytes.
+fn shared_header<T: AsRef<[u8]> + Send + 'static>(owner: T) -> Option<HeaderValue> {
+    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(owner)).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+/// The `X-Vault-Token` value for `token`, over a zeroizing copy of it.
+fn token_header(token: &SecretString) -> Option<HeaderValue> {
+    shared_header(Zeroizing::new(token.expose().as_bytes().to_vec()))
+}
+
 /// The HTTP client and the request defaults shared by every call to one Vault.
 pub struct Api {
     http: reqwest::Client,
     base: String,
     namespace: Option<String>,
-    token: Option<SecretString>,
+    /// The client's `X-Vault-Token`, built once: every request sends a clone that shares its
+    /// buffer, zeroed when the client and its last request are gone.
+    token: Option<HeaderValue>,
     max_body: usize,
 }
 
@@ -220,8 +238,10 @@ impl Api {
         })
     }
 
+    /// Sends `token` with every request that names no other. The token's own buffer becomes the
+    /// header's (no copy).
     pub fn with_token(mut self, token: SecretString) -> Self {
-        self.token = Some(token);
+        self.token = shared_header(token.into_bytes());
         self
     }
 
@@ -236,10 +256,11 @@ impl Api {
     fn headers(&self, token: Option<&SecretString>) -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("X-Vault-Request", HeaderValue::from_static("true"));
-        if let Some(t) = token.or(self.token.as_ref())
-            && let Ok(mut v) = HeaderValue::from_str(t.expose())
-        {
-            v.set_sensitive(true);
+        let value = match token {
+            Some(t) => token_header(t),
+            None => self.token.clone(),
+        };
+        if let Some(v) = value {
             h.insert("X-Vault-Token", v);
         }
         if let Some(n) = &self.namespace
@@ -315,9 +336,181 @@ impl Api {
     }
 }
 
+/// A global allocator for this crate's unit tests that, while a test watches for a byte string on
+/// its own thread, looks for it in every block freed on that thread. A reallocation counts as a
+/// move (a new block, then the old one freed), since it may be one.
+#[cfg(test)]
+pub(super) mod freed {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static NEEDLE: Cell<Option<&'static [u8]>> = const { Cell::new(None) };
+        static HITS: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub struct Scanning;
+
+    fn watching() -> bool {
+        NEEDLE.try_with(|n| n.get().is_some()).unwrap_or(false)
+    }
+
+    fn scan(ptr: *const u8, size: usize) {
+        let _ = NEEDLE.try_with(|n| {
+            if let Some(needle) = n.get() {
+                // SAFETY: the block is live until it is handed back; its bytes are only compared.
+                let block = unsafe { std::slice::from_raw_parts(ptr, size) };
+                if block.windows(needle.len()).any(|w| w == needle) {
+                    HITS.with(|h| h.set(h.get() + 1));
+                }
+            }
+        });
+    }
+
+    unsafe impl GlobalAlloc for Scanning {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            scan(ptr, layout.size());
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            if !watching() {
+                return unsafe { System.realloc(ptr, layout, new_size) };
+            }
+            let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+            let new = unsafe { self.alloc(new_layout) };
+            if !new.is_null() {
+                unsafe {
+                    std::ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+                    self.dealloc(ptr, layout);
+                }
+            }
+            new
+        }
+    }
+
+    #[global_allocator]
+    static ALLOC: Scanning = Scanning;
+
+    /// Runs `f`; returns its result and how many blocks freed meanwhile (on this thread) still
+    /// held `needle`.
+    pub fn holding<R>(needle: &'static [u8], f: impl FnOnce() -> R) -> (R, usize) {
+        HITS.with(|h| h.set(0));
+        NEEDLE.with(|n| n.set(Some(needle)));
+        let r = f();
+        NEEDLE.with(|n| n.set(None));
+        (r, HITS.with(|h| h.get()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    async fn test_api() -> Api {
+        let cfg = VaultConfig {
+            address: "http://127.0.0.1:8200".into(),
+            address_source: "address",
+            namespace: Some("team-a".into()),
+            ca_file: None,
+            tls_server_name: None,
+            timeout: Duration::from_secs(5),
+            revoke_token: false,
+            auth: super::super::auth::AuthConfig::Token {
+                token_file: "/unused".into(),
+            },
+        };
+        Api::new(&cfg, 1 << 20).await.unwrap()
+    }
+
+    /// The token header sent with each request shares one zeroizing buffer: dropping the requests'
+    /// headers and then the client frees no block that still holds the token. The same for a
+    /// token given for one request (the wrapping token of an unwrap).
+    #[tokio::test]
+    async fn token_headers_leave_no_copy_of_the_token_when_freed() {
+        const TOKEN: &str = "hvs.canary-client-token-3f9a1c";
+        const WRAPPING: &str = "hvs.canary-wrapping-token-0b7e";
+        let api = test_api().await;
+        let ((), hits) = freed::holding(TOKEN.as_bytes(), || {
+            let api = api.with_token(SecretString::new(TOKEN.to_string()));
+            for _ in 0..3 {
+                let h = api.headers(None);
+                assert_eq!(h["X-Vault-Token"], TOKEN);
+                assert!(h["X-Vault-Token"].is_sensitive());
+                assert_eq!(h["X-Vault-Namespace"], "team-a");
+            }
+            drop(api);
+        });
+        assert_eq!(hits, 0, "a freed block held the client's token");
+
+        let api = test_api().await;
+        let wrapping = SecretString::new(WRAPPING.to_string());
+        let ((), hits) = freed::holding(WRAPPING.as_bytes(), || {
+            let h = api.headers(Some(&wrapping));
+            assert_eq!(h["X-Vault-Token"], WRAPPING);
+            assert!(h["X-Vault-Token"].is_sensitive());
+        });
+        assert_eq!(hits, 0, "a freed block held the per-request token");
+        assert!(!api.headers(None).contains_key("X-Vault-Token"));
+    }
+
+    /// An owner that records when it is dropped.
+    struct Owner(Vec<u8>, std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+    impl AsRef<[u8]> for Owner {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Owner {
+        fn drop(&mut self) {
+            self.1.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_shared_header_keeps_its_owner_until_the_last_clone_and_copies_nothing() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dropped = std::sync::Arc::new(AtomicBool::new(false));
+        let bytes = b"s.token-value".to_vec();
+        let ptr = bytes.as_ptr();
+        let v = shared_header(Owner(bytes, dropped.clone())).unwrap();
+        assert!(v.is_sensitive());
+        assert_eq!(v, "s.token-value");
+        assert_eq!(
+            v.as_bytes().as_ptr(),
+            ptr,
+            "the header's bytes are the owner's"
+        );
+        let clone = v.clone();
+        assert_eq!(clone.as_bytes().as_ptr(), ptr, "a clone shares them");
+        assert!(format!("{clone:?}").contains("Sensitive"));
+        drop(v);
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(clone);
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "dropped with the last clone"
+        );
+
+        // Bytes a header cannot carry: no header, and the owner is dropped at once.
+        for bad in [&b"tok\nen"[..], b"tok\x7fen", b"tok\0en"] {
+            let dropped = std::sync::Arc::new(AtomicBool::new(false));
+            assert!(shared_header(Owner(bad.to_vec(), dropped.clone())).is_none());
+            assert!(dropped.load(Ordering::SeqCst));
+        }
+        let empty = shared_header(Zeroizing::new(Vec::new())).unwrap();
+        assert!(empty.is_empty() && empty.is_sensitive());
+    }
 
     fn errs(e: &[&str]) -> Vec<String> {
         e.iter().map(|s| s.to_string()).collect()
