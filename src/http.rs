@@ -9,6 +9,19 @@ use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
+/// A sensitive header value that shares `owner`'s bytes instead of copying them: its clones
+/// share them too, and `owner` is dropped (a `Zeroizing` buffer zeroed) with the last clone, or at
+/// once if the bytes are not a valid header value. `reqwest::header::HeaderValue::from_maybe_shared` keeps a
+/// `Bytes` as it is; `Bytes::from_owner` keeps the owner rather than a copy of its bytes.
+pub fn shared_header<T: AsRef<[u8]> + Send + 'static>(
+    owner: T,
+) -> Option<reqwest::header::HeaderValue> {
+    let mut v =
+        reqwest::header::HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(owner)).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
 /// Largest response body read from a metadata server (tokens and small JSON documents).
 pub const MAX_METADATA_BODY: usize = 256 * 1024;
 

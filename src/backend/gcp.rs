@@ -12,7 +12,7 @@ use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
 use crate::identity::gce_metadata::{self, GceMetadataSettings, valid_project};
 use crate::manifest::{GcpEntry, SecretEntry};
 use crate::retry::{Deadline, RetryError, retry};
-use crate::secret::{Secret, SecretString};
+use crate::secret::Secret;
 use crate::settings::EnvLookup;
 use google_cloud_auth::credentials::{
     CacheableResource, Credentials, CredentialsProvider, EntityTag,
@@ -23,6 +23,7 @@ use google_cloud_secretmanager_v1::client::SecretManagerService;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use zeroize::Zeroizing;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const GLOBAL_ENDPOINT: &str = "https://secretmanager.googleapis.com";
@@ -353,18 +354,17 @@ impl GcpBackend {
                 p
             }
         };
-        // Sized up front: a growing `format!` would free partial copies of the token unzeroed.
-        let mut bearer = String::with_capacity(7 + token.token.expose().len());
-        bearer.push_str("Bearer ");
-        bearer.push_str(token.token.expose());
-        let value = SecretString::new(bearer);
+        // Sized up front (a growing `format!` would free partial copies of the token unzeroed),
+        // and shared by the header rather than copied into it: zeroed with the last clone.
+        let mut bearer = Zeroizing::new(Vec::with_capacity(7 + token.token.expose().len()));
+        bearer.extend_from_slice(b"Bearer ");
+        bearer.extend_from_slice(token.token.expose().as_bytes());
         drop(token);
-        let mut header = http::HeaderValue::from_str(value.expose()).map_err(|_| {
+        let header = crate::http::shared_header(bearer).ok_or_else(|| {
             RetryError::Permanent(FetchError::permanent(
                 "the metadata server's access token is not a valid header value",
             ))
         })?;
-        header.set_sensitive(true);
         let credentials = Credentials::from(MetadataToken {
             header,
             tag: EntityTag::new(),

@@ -6,6 +6,7 @@
 
 use super::VaultConfig;
 use crate::error::{FetchError, TooLarge, is_tls_error};
+use crate::http::shared_header;
 use crate::secret::{Secret, SecretString};
 use reqwest::Url;
 use reqwest::header::{HeaderMap, HeaderValue};
@@ -147,16 +148,6 @@ pub fn classify_vaultrs(e: &vaultrs::error::ClientError, what: &str) -> FetchErr
         )),
         _ => FetchError::permanent(format!("{what}: unexpected answer from Vault")),
     }
-}
-
-/// A sensitive header value that shares `owner`'s bytes instead of copying them: its clones
-/// share them too, and `owner` is dropped (a `Zeroizing` buffer zeroed) with the last clone, or at
-/// once if the bytes are not a valid header value. `HeaderValue::from_maybe_shared` keeps a
-/// `Bytes` as it is; `Bytes::from_owner` keeps the owner rather than a copy of its bytes.
-fn shared_header<T: AsRef<[u8]> + Send + 'static>(owner: T) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(owner)).ok()?;
-    v.set_sensitive(true);
-    Some(v)
 }
 
 /// The `X-Vault-Token` value for `token`, over a zeroizing copy of it.
