@@ -20,8 +20,11 @@ def test_running_process_has_core_dumps_off_and_clean_argv_env(moto, imds_factor
         limits = ""
         for _ in range(50):
             time.sleep(0.05)
-            limits = open(f"/proc/{proc.pid}/limits").read()
-            if "Max core file size" in limits:
+            # Past the sandbox's own steps (unshare, sh, setpriv exec in the same process): the
+            # binary itself, after its first steps (hardening runs first thing).
+            if open(f"/proc/{proc.pid}/comm").read().strip() == "bootsecrets":
+                time.sleep(0.2)
+                limits = open(f"/proc/{proc.pid}/limits").read()
                 break
         core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
         assert core.split()[4:6] == ["0", "0"], core  # soft and hard limit
