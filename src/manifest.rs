@@ -191,6 +191,8 @@ pub struct SecretEntry {
     pub owner: Option<String>,
     pub group: Option<String>,
     pub on_change: Option<Vec<String>>,
+    pub unless_exists: Option<String>,
+    pub optional: Option<bool>,
 }
 
 impl BackendEntry {

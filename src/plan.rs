@@ -60,6 +60,11 @@ pub struct SecretPlan {
     pub group: Principal,
     /// A command (argv) run after a refresh changed this secret.
     pub on_change: Option<Vec<String>>,
+    /// Skip this secret (not fetched, not required, not published) when this path exists, as
+    /// systemd's `ConditionPathExists=!PATH` would.
+    pub unless_exists: Option<PathBuf>,
+    /// A failure to fetch it is a warning: the rest is published without it.
+    pub optional: bool,
 }
 
 #[derive(Debug)]
@@ -527,6 +532,12 @@ impl Plan {
             if s.encoding == Encoding::Base64 {
                 extra.push("base64-decoded".to_string());
             }
+            if s.optional {
+                extra.push("optional".to_string());
+            }
+            if let Some(p) = &s.unless_exists {
+                extra.push(format!("skipped when {} exists", p.display()));
+            }
             out += &format!(
                 "  {:04o} {}:{}  {}/{}  <- {} {}{}\n",
                 s.mode,
@@ -690,6 +701,21 @@ fn plan_secret(
             }
         }
     }
+    let unless_exists = match e.unless_exists.as_deref() {
+        None => None,
+        Some(p) if !p.starts_with('/') => {
+            errors.push(format!(
+                "unless_exists `{p}` must be an absolute path, such as \
+                 \"/var/lib/kubelet/kubeconfig\""
+            ));
+            None
+        }
+        Some(p) if p.contains('\0') => {
+            errors.push("unless_exists must not contain NUL".into());
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
     let mode = match e.mode.as_deref().map(parse_mode) {
         None => default_mode,
         Some(Ok(m)) => m,
@@ -726,6 +752,8 @@ fn plan_secret(
             owner,
             group,
             on_change: e.on_change.clone(),
+            unless_exists,
+            optional: e.optional.unwrap_or(false),
         }),
         _ => Err(errors),
     }

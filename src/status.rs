@@ -52,6 +52,28 @@ pub struct RunStatus {
     /// Commands (argv) still owed: they failed, were killed, or had not run yet when this file
     /// was written. The next run runs them again if the manifest still names them.
     pub pending_actions: Vec<Vec<String>>,
+    /// Secrets left out because their `unless_exists` path exists.
+    pub skipped: Vec<SkippedStatus>,
+    /// Everything that could not be fetched, optional or not, each with its cause.
+    pub failures: Vec<FailureStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SkippedStatus {
+    pub path: String,
+    pub unless_exists: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FailureStatus {
+    /// The secrets it concerns (all of a backend's when its identity failed).
+    pub secrets: Vec<String>,
+    /// All of them `optional`: published without them, the run did not fail for it.
+    pub optional: bool,
+    /// `permanent` or `deadline`.
+    pub class: &'static str,
+    /// The message printed on stderr (composed by bootsecrets; never a value).
+    pub error: String,
 }
 
 #[derive(Debug, Serialize)]

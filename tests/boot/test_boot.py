@@ -111,6 +111,8 @@ mode = "0440"
 owner = "nobody"
 group = "nogroup"
 on_change = ["/usr/bin/systemctl", "try-reload-or-restart", "consumer.service"]
+# Needed until the node has joined: kubelet then runs on its own rotated credentials.
+unless_exists = "/var/lib/kubelet/kubeconfig"
 
 [[secret]]
 path = "db/password"
@@ -263,20 +265,34 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         assert len(probes) == 4 and all(" 000 exit=" in p and "exit=0" not in p for p in probes), rep
         first_boot_id = rep.starting("boot-id")
 
-        moto.client("secretsmanager").put_secret_value(SecretId=f"{name}/token", SecretString="boot-token-2")
+        # The node joined (the report wrote /var/lib/kubelet/kubeconfig, as kubelet does after
+        # its TLS bootstrap). The bootstrap token then expires: it is deleted from the backend,
+        # and the password rotated. An OS-update reboot must still start kubelet.
+        sm = moto.client("secretsmanager")
+        sm.delete_secret(SecretId=f"{name}/token", ForceDeleteWithoutRecovery=True)
+        sm.put_secret_value(SecretId=f"{name}/db", SecretString=json.dumps({"password": "boot-pw-2"}))
         rep2 = boot(image, tmp_path, None, fwd, "second", second_boot=True)
         assert rep2.starting("boot-id") != first_boot_id
         assert rep2.prop("bootsecrets", "Result") == "success", rep2
-        assert_secrets_seen(rep2, "boot-token-2", "boot-pw-1")
+        assert rep2.prop("kubelet", "ActiveState") == "active", rep2
+        saw = rep2.starting("saw")
+        assert [e.split()[1:5] + e.split()[-1:] for e in saw if e.startswith("entry ")] == [
+            ["d", "750", "root", "nogroup", "db"], ["f", "400", "root", "root", "db/password"]], rep2
+        assert [line.split()[1] for line in saw if line.startswith("sha256 ")] == [sha("boot-pw-2")], rep2
+        assert any(j.startswith("skipped kubelet/bootstrap-token: /var/lib/kubelet/kubeconfig exists")
+                   for j in rep2.starting("journal-bootsecrets")), rep2
+        assert rep2.starting("status-skipped") == ["kubelet/bootstrap-token"], rep2
     finally:
         imds.stop()
 
 
 def test_missing_secret_keeps_kubelet_down(image, moto, binary_server, tmp_path):
-    """Scenario 2: a secret is missing; bootsecrets fails, kubelet never starts, nothing written."""
+    """Scenario 2: a first boot whose bootstrap token is missing (it is only skipped once the node
+    has joined): bootsecrets fails, kubelet never starts, nothing written."""
     port, sha512 = binary_server
     name = f"boot-{uuid.uuid4().hex[:8]}"
-    moto.client("secretsmanager").create_secret(Name=f"{name}/token", SecretString="t")  # no {name}/db
+    moto.client("secretsmanager").create_secret(  # no {name}/token
+        Name=f"{name}/db", SecretString=json.dumps({"password": "p"}))
     imds = ImdsDouble(moto).start()
     try:
         cfg = ignition_config(tmp_path, name, sha512)
@@ -289,7 +305,8 @@ def test_missing_secret_keeps_kubelet_down(image, moto, binary_server, tmp_path)
     assert rep.prop("kubelet", "ActiveState") == "inactive", rep
     assert rep.prop("kubelet", "ExecMainStartTimestampMonotonic") == "0", rep
     assert any("Dependency failed for kubelet" in j for j in rep.starting("journal")), rep
-    assert any("secret `db/password`" in j and "not found" in j for j in rep.starting("journal-bootsecrets")), rep
+    assert any("secret `kubelet/bootstrap-token`" in j and "not found" in j
+               for j in rep.starting("journal-bootsecrets")), rep
     assert [x for x in rep.starting("listing") if x.split()[0] == "f"] == [], rep
     assert rep.starting("status-outcome") == ["failed"], rep
     assert rep.starting("saw") == [], rep

@@ -1,0 +1,249 @@
+//! Identity and fetch: which secrets this boot needs (`unless_exists`), every backend they use
+//! connected concurrently, every secret fetched (bounded concurrency), and every failure kept, not
+//! just the first: a run that fails reports each failing secret with its cause.
+
+use crate::backend::{Backend, Fetched};
+use crate::error::RunError;
+use crate::extract;
+use crate::plan::{Plan, SecretPlan};
+use crate::retry::{Deadline, RetryError, retry};
+use crate::secret::Secret;
+use anyhow::anyhow;
+use futures_util::{StreamExt, stream};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A fetched, transformed, size-checked value.
+pub struct Done {
+    pub index: usize,
+    pub value: Secret,
+    pub version: Option<String>,
+    pub fetched_at: SystemTime,
+    pub took: Duration,
+}
+
+/// What could not be fetched: one secret, or every secret of a backend whose identity failed.
+pub struct Failure {
+    /// Indexes into `plan.secrets`.
+    pub secrets: Vec<usize>,
+    /// Every secret it concerns is `optional`: a warning, not a failed run.
+    pub optional: bool,
+    pub error: RunError,
+}
+
+impl Failure {
+    /// `permanent` or `deadline`, as the status file and the journal name it.
+    pub fn class(&self) -> &'static str {
+        match self.error {
+            RunError::DeadlineExceeded(_) => "deadline",
+            _ => "permanent",
+        }
+    }
+}
+
+/// Everything the fetch phase learnt.
+pub struct Fetch {
+    /// In manifest order.
+    pub done: Vec<Done>,
+    pub failures: Vec<Failure>,
+    /// Secrets left out because their `unless_exists` path exists, with that path.
+    pub skipped: Vec<(usize, PathBuf)>,
+}
+
+pub fn secret_label(s: &SecretPlan) -> String {
+    format!(
+        "secret `{}` (backend `{}`, ref {})",
+        s.path,
+        s.backend,
+        s.reference.describe()
+    )
+}
+
+fn retry_failure(label: String, e: RetryError) -> RunError {
+    match e {
+        RetryError::Permanent(f) => RunError::Failed(anyhow!("{label}: {f}")),
+        d @ RetryError::Deadline { .. } => RunError::DeadlineExceeded(anyhow!("{label}: {d}")),
+    }
+}
+
+/// The secrets whose `unless_exists` path exists, as systemd's `ConditionPathExists=!PATH`
+/// decides it (`stat` following links; a path that cannot be examined counts as absent, so the
+/// secret is fetched: the cautious side on a first boot).
+pub fn skipped(plan: &Plan) -> Vec<(usize, PathBuf)> {
+    plan.secrets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let p = s.unless_exists.as_ref()?;
+            match std::fs::metadata(p) {
+                Ok(_) => Some((i, p.clone())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => {
+                    log::warn!(
+                        "secret `{}`: cannot tell whether {} exists ({}); fetching it",
+                        s.path,
+                        p.display(),
+                        crate::error::describe_io(&e)
+                    );
+                    None
+                }
+            }
+        })
+        .collect()
+}
+
+async fn fetch_one(
+    index: usize,
+    s: &SecretPlan,
+    backend: &Backend,
+    deadline: &Deadline,
+    max_secret: u64,
+) -> Result<Done, RunError> {
+    let start = Instant::now();
+    let label = secret_label(s);
+    let Fetched { value, version } = retry(&label, deadline, |_| backend.fetch(&s.reference))
+        .await
+        .map_err(|e| retry_failure(label.clone(), e))?;
+    let value = extract::transform(value, s.json_key.as_deref(), s.encoding)
+        .map_err(|e| RunError::Failed(anyhow!("{label}: {e}")))?;
+    if value.len() as u64 > max_secret {
+        return Err(RunError::Failed(anyhow!(
+            "{label}: the value is {} bytes, larger than {max_secret} bytes \
+             (settings.max_secret_bytes)",
+            value.len()
+        )));
+    }
+    Ok(Done {
+        index,
+        value,
+        version,
+        fetched_at: SystemTime::now(),
+        took: start.elapsed(),
+    })
+}
+
+/// Connects every backend the needed secrets use (concurrently, each to the end: a failing one
+/// does not cut the others short), fetches every secret whose backend connected, and finishes
+/// every backend that connected (its token revoked) before returning. Nothing is cancelled by a
+/// failure: each fetch ends by success, a permanent error or the deadline.
+pub async fn connect_and_fetch(
+    plan: &Plan,
+    deadline: &Deadline,
+    skipped: Vec<(usize, PathBuf)>,
+) -> Fetch {
+    let skip: BTreeSet<usize> = skipped.iter().map(|(i, _)| *i).collect();
+    let needed: Vec<usize> = (0..plan.secrets.len())
+        .filter(|i| !skip.contains(i))
+        .collect();
+    let users = |name: &str| -> Vec<usize> {
+        needed
+            .iter()
+            .copied()
+            .filter(|&i| plan.secrets[i].backend == name)
+            .collect()
+    };
+
+    let attempts = plan
+        .used_backends()
+        .filter(|(name, _)| !users(name).is_empty())
+        .map(|(name, cfg)| async move {
+            let r = Backend::connect(name, cfg, deadline, &plan.limits).await;
+            (name.as_str(), cfg.kind(), r)
+        });
+    let connected = futures_util::future::join_all(attempts).await;
+    let mut backends: BTreeMap<&str, Backend> = BTreeMap::new();
+    let mut failures = Vec::new();
+    for (name, kind, r) in connected {
+        match r {
+            Ok(b) => {
+                log::debug!("backend `{name}` ({kind}): identity established");
+                backends.insert(name, b);
+            }
+            Err(e) => {
+                let secrets = users(name);
+                let label = format!(
+                    "backend `{name}` ({kind}), needed by secret(s) {}",
+                    secrets
+                        .iter()
+                        .map(|&i| format!("`{}`", plan.secrets[i].path))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                failures.push(Failure {
+                    optional: secrets.iter().all(|&i| plan.secrets[i].optional),
+                    secrets,
+                    error: retry_failure(label, e),
+                });
+            }
+        }
+    }
+
+    let fetchable = needed
+        .iter()
+        .copied()
+        .filter(|&i| backends.contains_key(plan.secrets[i].backend.as_str()));
+    let results: Vec<(usize, Result<Done, RunError>)> = stream::iter(fetchable)
+        .map(|i| {
+            let s = &plan.secrets[i];
+            let backend = &backends[s.backend.as_str()];
+            async move {
+                (
+                    i,
+                    fetch_one(i, s, backend, deadline, plan.limits.max_secret).await,
+                )
+            }
+        })
+        .buffer_unordered(plan.concurrency)
+        .collect()
+        .await;
+    futures_util::future::join_all(backends.values().map(Backend::finish)).await;
+
+    let mut done = Vec::new();
+    for (i, r) in results {
+        match r {
+            Ok(d) => done.push(d),
+            Err(error) => failures.push(Failure {
+                secrets: vec![i],
+                optional: plan.secrets[i].optional,
+                error,
+            }),
+        }
+    }
+    done.sort_by_key(|d| d.index);
+    failures.sort_by_key(|f| f.secrets.first().copied());
+    Fetch {
+        done,
+        failures,
+        skipped,
+    }
+}
+
+/// The run's error when required secrets failed: the one failure as it is, or every one of
+/// them, one per line. The exit code is the most severe class among them: a permanent failure
+/// (1) over a deadline (3).
+pub fn failed_run(failures: &[&Failure], total: usize) -> RunError {
+    if let [one] = failures {
+        return match &one.error {
+            RunError::DeadlineExceeded(e) => RunError::DeadlineExceeded(anyhow!("{e:#}")),
+            e => RunError::Failed(anyhow!("{:#}", e.inner())),
+        };
+    }
+    let count: usize = failures.iter().map(|f| f.secrets.len()).sum();
+    let lines: Vec<String> = failures
+        .iter()
+        .map(|f| format!("  - {:#}", f.error.inner()))
+        .collect();
+    let e = anyhow!(
+        "{count} of {total} secrets could not be fetched; nothing was published:\n{}",
+        lines.join("\n")
+    );
+    if failures
+        .iter()
+        .all(|f| matches!(f.error, RunError::DeadlineExceeded(_)))
+    {
+        RunError::DeadlineExceeded(e)
+    } else {
+        RunError::Failed(e)
+    }
+}

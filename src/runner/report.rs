@@ -1,0 +1,142 @@
+//! The status file's content for each moment of a run (publishing, published, failed).
+
+use super::Context;
+use super::actions::Action;
+use super::fetch::Done;
+use crate::error::RunError;
+use crate::status;
+use crate::writer::{OutputRoot, Publication};
+use anyhow::Context as _;
+use std::time::SystemTime;
+
+pub(super) fn write_status(root: &OutputRoot, status: &status::Status) -> anyhow::Result<()> {
+    let json = serde_json::to_vec_pretty(status).context("cannot encode the status file")?;
+    root.write_status(&json)
+        .context("cannot write the status file")
+}
+
+/// How the run ended, or where it is, for the status file.
+pub(super) enum Outcome<'a> {
+    /// A new set is about to be published (written just before the flip).
+    Publishing(&'a [Done], &'a Publication),
+    /// The set is published (changed or not).
+    Published(&'a [Done], &'a Publication),
+    Failed(&'a RunError),
+}
+
+/// The status file's content.
+pub(super) fn status_of(
+    cx: &Context<'_>,
+    outcome: Outcome<'_>,
+    actions: &[Action],
+    pending: &[Vec<String>],
+) -> status::Status {
+    let plan = cx.plan;
+    let mut run = status::RunStatus {
+        started: status::rfc3339(cx.started),
+        finished: status::rfc3339(SystemTime::now()),
+        duration_ms: cx.start.elapsed().as_millis(),
+        outcome: "published",
+        exit_code: 0,
+        error: None,
+        changed: Vec::new(),
+        removed: Vec::new(),
+        actions: actions
+            .iter()
+            .map(|a| status::ActionStatus {
+                command: a.command.clone(),
+                result: a.result.clone(),
+            })
+            .collect(),
+        pending_actions: pending.to_vec(),
+        skipped: cx
+            .skipped
+            .iter()
+            .map(|(i, p)| status::SkippedStatus {
+                path: plan.secrets[*i].path.to_string(),
+                unless_exists: p.display().to_string(),
+            })
+            .collect(),
+        failures: cx
+            .failures
+            .iter()
+            .map(|f| status::FailureStatus {
+                secrets: f
+                    .secrets
+                    .iter()
+                    .map(|&i| plan.secrets[i].path.to_string())
+                    .collect(),
+                optional: f.optional,
+                class: f.class(),
+                error: format!("{:#}", f.error.inner()),
+            })
+            .collect(),
+    };
+    if actions.iter().any(|a| !a.ok) {
+        run.exit_code = 1;
+        run.error = Some("the secrets were published, but on_change command(s) failed".into());
+    }
+    let (data, secrets) = match outcome {
+        Outcome::Publishing(done, publication) | Outcome::Published(done, publication) => {
+            if matches!(outcome, Outcome::Publishing(..)) {
+                run.outcome = "publishing";
+            } else if !publication.any_change() {
+                run.outcome = "unchanged";
+            }
+            run.removed = publication.removed.clone();
+            let list: Vec<status::SecretStatus> = done
+                .iter()
+                .zip(&publication.changed)
+                .zip(&publication.records)
+                .map(|((d, changed), r)| {
+                    let s = &plan.secrets[d.index];
+                    if *changed {
+                        run.changed.push(s.path.to_string());
+                    }
+                    status::SecretStatus {
+                        path: s.path.to_string(),
+                        backend: s.backend.clone(),
+                        backend_type: plan.backends[&s.backend].kind(),
+                        reference: s.reference.describe(),
+                        version: d.version.clone(),
+                        sha256: r.sha256.clone(),
+                        size: d.value.len(),
+                        mode: format!("{:04o}", s.mode),
+                        owner: s.owner.to_string(),
+                        group: s.group.to_string(),
+                        uid: r.uid,
+                        gid: r.gid,
+                        inode: r.inode,
+                        ctime: status::SecretStatus::ctime_of(r),
+                        fetched_at: status::rfc3339(d.fetched_at),
+                        fetch_ms: d.took.as_millis(),
+                    }
+                })
+                .collect();
+            (
+                Some(publication.version.clone()),
+                serde_json::to_value(list).unwrap_or_default(),
+            )
+        }
+        Outcome::Failed(e) => {
+            run.outcome = match e {
+                RunError::DeadlineExceeded(_) => "deadline_exceeded",
+                _ => "failed",
+            };
+            run.exit_code = e.exit_code();
+            run.error = Some(format!("{:#}", e.inner()));
+            (cx.previous.data.clone(), cx.previous.secrets.clone())
+        }
+    };
+    status::Status {
+        format: status::FORMAT,
+        manifest: plan
+            .manifest_path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .or_else(|| cx.previous.manifest.clone()),
+        data,
+        run,
+        secrets,
+    }
+}
