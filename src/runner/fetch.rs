@@ -27,6 +27,8 @@ pub struct Done {
 pub struct Failure {
     /// Indexes into `plan.secrets`.
     pub secrets: Vec<usize>,
+    /// The backend they are read from.
+    pub backend: String,
     /// Every secret it concerns is `optional`: a warning, not a failed run.
     pub optional: bool,
     pub error: RunError,
@@ -171,6 +173,7 @@ pub async fn connect_and_fetch(
                         .join(", ")
                 );
                 failures.push(Failure {
+                    backend: name.to_string(),
                     optional: secrets.iter().all(|&i| plan.secrets[i].optional),
                     secrets,
                     error: retry_failure(label, e),
@@ -204,6 +207,7 @@ pub async fn connect_and_fetch(
         match r {
             Ok(d) => done.push(d),
             Err(error) => failures.push(Failure {
+                backend: plan.secrets[i].backend.clone(),
                 secrets: vec![i],
                 optional: plan.secrets[i].optional,
                 error,
@@ -219,25 +223,64 @@ pub async fn connect_and_fetch(
     }
 }
 
-/// The run's error when required secrets failed: the one failure as it is, or every one of
-/// them, one per line. The exit code is the most severe class among them: a permanent failure
-/// (1) over a deadline (3).
-pub fn failed_run(failures: &[&Failure], total: usize) -> RunError {
-    if let [one] = failures {
-        return match &one.error {
-            RunError::DeadlineExceeded(e) => RunError::DeadlineExceeded(anyhow!("{e:#}")),
-            e => RunError::Failed(anyhow!("{:#}", e.inner())),
+impl Failure {
+    /// Logs it, with the journal fields that find it: every secret's path, the backend, the
+    /// class. An optional secret's failure is a warning.
+    pub fn log(&self, plan: &Plan) {
+        let paths: Vec<String> = self
+            .secrets
+            .iter()
+            .map(|&i| plan.secrets[i].path.to_string())
+            .collect();
+        let paths = paths.join("\n");
+        let (level, prefix) = if self.optional {
+            (
+                log::Level::Warn,
+                format!(
+                    "optional secret(s) {} not published: ",
+                    quoted(plan, &self.secrets)
+                ),
+            )
+        } else {
+            (log::Level::Error, String::new())
         };
+        log::log!(
+            level,
+            secret_path = paths.as_str(),
+            backend = self.backend.as_str(),
+            error_class = self.class();
+            "{prefix}{:#}",
+            self.error.inner()
+        );
     }
-    let count: usize = failures.iter().map(|f| f.secrets.len()).sum();
-    let lines: Vec<String> = failures
+}
+
+/// `` `a`, `b` `` for secrets by index.
+pub fn quoted(plan: &Plan, secrets: &[usize]) -> String {
+    secrets
         .iter()
-        .map(|f| format!("  - {:#}", f.error.inner()))
-        .collect();
-    let e = anyhow!(
-        "{count} of {total} secrets could not be fetched; nothing was published:\n{}",
-        lines.join("\n")
-    );
+        .map(|&i| format!("`{}`", plan.secrets[i].path))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The run's error when required secrets failed (each failure was logged on its own): which
+/// secrets, and that nothing was published. The exit code is the most severe class among them:
+/// a permanent failure (1) over a deadline (3).
+pub fn failed_run(plan: &Plan, failures: &[&Failure], total: usize) -> RunError {
+    let secrets: Vec<usize> = failures.iter().flat_map(|f| f.secrets.clone()).collect();
+    let e = if let [one] = secrets[..] {
+        anyhow!(
+            "could not fetch secret `{}`; nothing was published",
+            plan.secrets[one].path
+        )
+    } else {
+        anyhow!(
+            "could not fetch {} of {total} secrets ({}); nothing was published",
+            secrets.len(),
+            quoted(plan, &secrets)
+        )
+    };
     if failures
         .iter()
         .all(|f| matches!(f.error, RunError::DeadlineExceeded(_)))

@@ -104,9 +104,11 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     check_owner(plan, &root, &previous)?;
     let skipped = fetch::skipped(plan);
     for (i, p) in &skipped {
+        let s = &plan.secrets[*i];
         log::info!(
+            secret_path:% = s.path, backend = s.backend.as_str();
             "skipped {}: {} exists (unless_exists)",
-            plan.secrets[*i].path,
+            s.path,
             p.display()
         );
     }
@@ -121,19 +123,15 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         failures: fetched.failures,
     };
     let done = fetched.done;
-    let required: Vec<&Failure> = cx.failures.iter().filter(|f| !f.optional).collect();
-    for f in cx.failures.iter().filter(|f| f.optional) {
-        log::warn!(
-            "optional secret(s) {} not published: {:#}",
-            names(plan, &f.secrets),
-            f.error.inner()
-        );
+    for f in &cx.failures {
+        f.log(plan);
     }
+    let required: Vec<&Failure> = cx.failures.iter().filter(|f| !f.optional).collect();
     let result = if required.is_empty() {
         publish(&cx, &done).map(|p| (done, p))
     } else {
         let total = plan.secrets.len() - cx.skipped.len();
-        Err(fetch::failed_run(&required, total))
+        Err(fetch::failed_run(plan, &required, total))
     };
     let mut actions = Vec::new();
     if let Ok((done, publication)) = &result {
@@ -228,6 +226,7 @@ fn log_publication(plan: &Plan, done: &[Done], publication: &Publication) {
     for (d, changed) in done.iter().zip(&publication.changed) {
         let s = &plan.secrets[d.index];
         log::info!(
+            secret_path:% = s.path, backend = s.backend.as_str();
             "{} {} ({:04o} {}:{}, {} bytes) from backend `{}` ({}){} in {} ms",
             if *changed { "wrote" } else { "unchanged" },
             s.path,
@@ -245,15 +244,6 @@ fn log_publication(plan: &Plan, done: &[Done], publication: &Publication) {
         );
     }
     for r in &publication.removed {
-        log::info!("removed {r}: no longer in the manifest");
+        log::info!(secret_path = r.as_str(); "removed {r}: no longer in the set");
     }
-}
-
-/// `` `a`, `b` `` for secrets by index.
-fn names(plan: &Plan, secrets: &[usize]) -> String {
-    secrets
-        .iter()
-        .map(|&i| format!("`{}`", plan.secrets[i].path))
-        .collect::<Vec<_>>()
-        .join(", ")
 }

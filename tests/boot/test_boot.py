@@ -232,6 +232,10 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         assert 0 < done <= started, rep
         assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
         assert any("done: 2 secret(s)" in j for j in rep.starting("journal-bootsecrets")), rep
+        # journalctl finds a secret's lines by its field; a good boot logs nothing at err.
+        assert [j.split()[0:2] for j in rep.starting("journal-token")] == [
+            ["wrote", "kubelet/bootstrap-token"]], rep
+        assert rep.starting("journal-err") == [], rep
         # The status file is the last run's: the refresh probe's unchanged refresh (below).
         assert rep.starting("status-outcome") == ["unchanged"], rep
         assert rep.starting("failed-unit") == [], rep
@@ -307,6 +311,12 @@ def test_missing_secret_keeps_kubelet_down(image, moto, binary_server, tmp_path)
     assert any("Dependency failed for kubelet" in j for j in rep.starting("journal")), rep
     assert any("secret `kubelet/bootstrap-token`" in j and "not found" in j
                for j in rep.starting("journal-bootsecrets")), rep
+    # Each failure is its own entry at err with its fields, and so is the summary.
+    permanent = rep.starting("journal-permanent")
+    assert len(permanent) == 1 and "not found" in permanent[0], rep
+    assert rep.starting("journal-token") == permanent, rep
+    assert rep.starting("journal-err") == permanent + [
+        "could not fetch secret `kubelet/bootstrap-token`; nothing was published"], rep
     assert [x for x in rep.starting("listing") if x.split()[0] == "f"] == [], rep
     assert rep.starting("status-outcome") == ["failed"], rep
     assert rep.starting("saw") == [], rep

@@ -176,14 +176,15 @@ def test_imds_token_put_hangs_forever_exits_3_at_the_deadline(moto, imds_factory
 
 
 def test_imds_hang_final_error_names_the_cause(moto, imds_factory, outdir, name, bootsecrets):
-    """The final error (what .status.json keeps) says what hung, not only that it hung. With a
+    """The failure (what .status.json keeps) says what hung, not only that it hung. With a
     7 s deadline the first attempt times out at IMDS after 5 s and the second is cut off by the
     deadline; the first one's cause is kept."""
     imds = imds_factory(hang_token_puts=math.inf)
     r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}],
                                  settings="deadline_seconds = 7"))
     assert r.code == 3, r
-    error = status(outdir)["run"]["error"]
+    [failure] = status(outdir)["run"]["failures"]
+    error = failure["error"]
     assert "IMDS" in error and ("timed out" in error or "token request" in error), error
 
 

@@ -1,7 +1,13 @@
 """Secrets that know the node's life (`unless_exists`, `optional`), and failures reported in full:
 a failed run names every failing secret with its cause, and publishes nothing."""
 
-from conftest import aws_manifest, published, status
+import os
+import re
+import socket
+import struct
+import subprocess
+
+from conftest import BIN, aws_manifest, node_argv, published, status
 from support.faults import aws_error
 
 
@@ -103,9 +109,11 @@ def test_every_failing_secret_is_reported_and_nothing_is_published(moto, imds, o
     sm.delete_secret(SecretId=f"{name}/c", ForceDeleteWithoutRecovery=True)
     r = bootsecrets(m)
     assert r.code == 1, r
-    assert "2 of 4 secrets could not be fetched; nothing was published:" in r.stderr, r
+    # Each failure on its own line, with its cause; then what the run did about them.
     for path in ("a", "c"):
-        assert f"  - secret `{path}` (backend `aws`" in r.stderr, (path, r)
+        assert f"error: secret `{path}` (backend `aws`" in r.stderr, (path, r)
+    assert r.stderr.rstrip().splitlines()[-1] == (
+        "bootsecrets: error: could not fetch 2 of 4 secrets (`a`, `c`); nothing was published"), r
     assert r.stderr.count("not found") >= 3, r  # a, c, and the optional d's warning
     assert {p: f.read_text() for p, f in published(outdir).items()} == before, \
         "b's new value must not be published when a and c failed"
@@ -128,7 +136,7 @@ def test_the_exit_code_is_the_most_severe_class(moto, imds_factory, fault_proxy,
     ], settings="deadline_seconds = 4") + late_backend(proxy, imds)
     r = bootsecrets(mixed)
     assert r.code == 1, r
-    assert "2 of 2 secrets could not be fetched" in r.stderr, r
+    assert "could not fetch 2 of 2 secrets (`a`, `b`)" in r.stderr, r
     assert "deadline of 4s exceeded" in r.stderr and "not found" in r.stderr, r
     only_late = aws_manifest(outdir, imds, moto, [
         {"path": "a", "ref": f"{name}/a", "backend": "late"},
@@ -145,3 +153,95 @@ region = "us-east-1"
 endpoint = "{proxy.url}"
 imds_endpoint = "{imds.url}"
 '''
+
+
+def parse_journal(datagram: bytes) -> list:
+    """systemd's native journal protocol: `KEY=value\n`, or `KEY\n` + u64 LE length + value +
+    `\n` (systemd.journal-fields(7), "Native Journal Protocol")."""
+    fields, i = [], 0
+    while i < len(datagram):
+        nl = datagram.index(b"\n", i)
+        line = datagram[i:nl]
+        if b"=" in line:
+            k, v = line.split(b"=", 1)
+            i = nl + 1
+        else:
+            k = line
+            (n,) = struct.unpack_from("<Q", datagram, nl + 1)
+            start = nl + 1 + 8
+            v = datagram[start:start + n]
+            assert datagram[start + n:start + n + 1] == b"\n", datagram
+            i = start + n + 1
+        assert re.fullmatch(rb"[A-Z0-9_]+", k) and not k.startswith(b"_"), k
+        fields.append((k.decode(), v.decode()))
+    return fields
+
+
+def run_with_journal(manifest_path, tmp_path, socket_dir=True):
+    """Runs the binary as systemd would with StandardError=journal: stderr is a stream whose
+    device and inode $JOURNAL_STREAM names, and (when `socket_dir`) a journal socket, ours,
+    where /run/systemd/journal/socket is. Returns (entries, stderr text)."""
+    entries = []
+    binds = []
+    if socket_dir:
+        run_systemd = tmp_path / "run-systemd"
+        (run_systemd / "journal").mkdir(parents=True)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(run_systemd / "journal" / "socket"))
+        sock.settimeout(0.2)
+        binds = [(run_systemd, "/run/systemd")]
+    r_fd, w_fd = os.pipe()
+    st = os.fstat(w_fd)
+    env = {"PATH": os.environ["PATH"], "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+    proc = subprocess.Popen(node_argv([str(BIN), "run", "--manifest", str(manifest_path)],
+                                      binds=binds), stderr=w_fd, stdout=subprocess.DEVNULL, env=env)
+    os.close(w_fd)
+    with os.fdopen(r_fd) as r:
+        err = r.read()
+    proc.wait(timeout=60)
+    if socket_dir:
+        while True:
+            try:
+                entries.append(parse_journal(sock.recv(1 << 20)))
+            except socket.timeout:
+                break
+        sock.close()
+    return proc.returncode, entries, err
+
+
+def test_the_journal_gets_structured_fields_and_one_priority_per_entry(moto, imds, outdir, name,
+                                                                        tmp_path):
+    seed(moto, name, a="journal-canary-value")
+    mpath = tmp_path / "manifest.toml"
+    mpath.write_text(aws_manifest(outdir, imds, moto, [
+        {"path": "kubelet/a", "ref": f"{name}/a"},
+        {"path": "b", "ref": f"{name}/missing"},
+    ]))
+    code, entries, err = run_with_journal(mpath, tmp_path)
+    assert code == 1 and err == "", err
+    assert entries, "nothing reached the journal socket"
+    for e in entries:
+        d = dict(e)
+        assert d["SYSLOG_IDENTIFIER"] == "bootsecrets" and d["PRIORITY"] in "34567", e
+        assert not any("journal-canary-value" in v for _, v in e), e
+    [failure] = [dict(e) for e in entries if ("SECRET_PATH", "b") in e]
+    assert failure["PRIORITY"] == "3" and failure["ERROR_CLASS"] == "permanent", failure
+    assert failure["BACKEND"] == "aws" and "not found" in failure["MESSAGE"], failure
+    last = dict(entries[-1])
+    assert last["PRIORITY"] == "3" and last["MESSAGE"].startswith("could not fetch secret `b`"), last
+
+    # A message of several lines is one entry (the binary-safe field form), at one priority.
+    mpath.write_text("[settings]\ndeadline_seconds = 0\ndefault_mode = \"0777\"\n")
+    code, entries, err = run_with_journal(mpath, tmp_path / "again")
+    assert code == 2 and err == "", err
+    [entry] = [dict(e) for e in entries if e[0][1] == "3"]
+    assert entry["MESSAGE"].count("\n") >= 2 and "deadline_seconds" in entry["MESSAGE"], entry
+
+
+def test_without_a_journal_socket_every_line_carries_its_priority(tmp_path):
+    mpath = tmp_path / "manifest.toml"
+    mpath.write_text("[settings]\ndeadline_seconds = 0\ndefault_mode = \"0777\"\n")
+    code, _, err = run_with_journal(mpath, tmp_path, socket_dir=False)
+    assert code == 2
+    lines = err.splitlines()
+    assert len(lines) >= 3 and all(line.startswith("<3>") for line in lines), err
