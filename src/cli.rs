@@ -49,8 +49,8 @@ pub struct Cli {
 pub enum Command {
     /// Fetch every secret in the manifest and write them all, or nothing (the default command).
     Run(RunArgs),
-    /// Validate the manifest offline (no network) and print what `run` would write.
-    Check,
+    /// Validate the manifest (no network) and print what `run` would write.
+    Check(CheckArgs),
     /// Print the Butane snippet or the Ignition config that installs bootsecrets on a node.
     Render(RenderArgs),
 }
@@ -86,6 +86,16 @@ pub struct RenderArgs {
 }
 
 #[derive(Debug, Default, Args)]
+pub struct CheckArgs {
+    /// Validate only what does not depend on this machine, for CI pipelines that build user data:
+    /// no user or group looked up, no file the manifest names examined, no environment read,
+    /// and the manifest read without the StrictModes checks. The node still checks all of it
+    /// at boot.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+#[derive(Debug, Default, Args)]
 pub struct RunArgs {
     /// Development only: accept an output root that is not on tmpfs or ramfs.
     #[arg(long)]
@@ -102,11 +112,25 @@ fn env_verbosity() -> u8 {
         .unwrap_or(0)
 }
 
-fn check(cli: &Cli) -> ExitCode {
-    match plan::load(&cli.manifest) {
+fn check(cli: &Cli, args: &CheckArgs) -> ExitCode {
+    let loaded = if args.offline {
+        crate::settings::set_offline();
+        plan::load_offline(&cli.manifest)
+    } else {
+        plan::load(&cli.manifest)
+    };
+    match loaded {
         Ok(p) => {
             print!("{}", p.describe());
-            println!("manifest {} is valid", cli.manifest.display());
+            if args.offline {
+                println!(
+                    "manifest {} is valid (offline: users, groups and the files it names are \
+                     checked on the node)",
+                    cli.manifest.display()
+                );
+            } else {
+                println!("manifest {} is valid", cli.manifest.display());
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -117,9 +141,18 @@ fn check(cli: &Cli) -> ExitCode {
 }
 
 fn render_cmd(cli: &Cli, args: &RenderArgs) -> ExitCode {
+    // Rendered on a workstation or in CI for a node: validated as `check --offline` does, and
+    // refused when that refuses it.
+    crate::settings::set_offline();
     let result = std::fs::read_to_string(&cli.manifest)
         .with_context(|| format!("cannot read manifest {}", cli.manifest.display()))
         .and_then(|manifest| {
+            for w in plan::from_text_offline(&manifest)
+                .with_context(|| format!("manifest {} is not valid", cli.manifest.display()))?
+                .warnings
+            {
+                eprintln!("bootsecrets: warning: {w}");
+            }
             let install = render::Install {
                 variant: args.variant,
                 binary_url: args.binary_url.clone(),
@@ -181,7 +214,7 @@ pub fn main() -> ExitCode {
         credfile::allow_insecure_permissions();
     }
     match &cli.command {
-        Some(Command::Check) => check(&cli),
+        Some(Command::Check(args)) => check(&cli, args),
         Some(Command::Render(args)) => render_cmd(&cli, args),
         Some(Command::Run(args)) => run(&cli, args),
         None => run(&cli, &RunArgs::default()),

@@ -86,6 +86,22 @@ pub struct Plan {
     pub warnings: Vec<String>,
 }
 
+/// `check --offline` and `render`: reads and validates a manifest without anything of the
+/// machine doing it (see [`crate::settings::set_offline`], which must be set): a plain read, no
+/// environment, no user, group or file of the manifest looked up.
+pub fn load_offline(path: &Path) -> Result<Plan> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read manifest {}", path.display()))?;
+    from_text_offline(&text).with_context(|| format!("manifest {} is not valid", path.display()))
+}
+
+/// [`load_offline`] for a manifest's text.
+pub fn from_text_offline(text: &str) -> Result<Plan> {
+    let manifest =
+        crate::manifest::parse(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+    Plan::build(&manifest, &|_| None)
+}
+
 /// Reads, parses and validates a manifest file.
 pub fn load(path: &Path) -> Result<Plan> {
     let text = crate::credfile::read_trusted("manifest", path).map_err(|e| anyhow!(e))?;
@@ -151,12 +167,27 @@ pub fn resolve_group(s: &str) -> Result<Principal, String> {
     resolve_group_id(s).and_then(|p| usable_id(p, "group"))
 }
 
+/// The id of a name that `check --offline` does not look up (only `root` is known everywhere).
+pub const UNRESOLVED_ID: u32 = u32::MAX - 1;
+
+/// Offline: a name is not looked up on the machine validating (it is the node's `/etc/passwd`
+/// that counts); `root` is 0 everywhere, other names stay unresolved.
+fn unresolved(s: &str) -> Option<Principal> {
+    crate::settings::offline().then(|| Principal {
+        name: s.to_string(),
+        id: if s == "root" { 0 } else { UNRESOLVED_ID },
+    })
+}
+
 fn resolve_user_id(s: &str) -> Result<Principal, String> {
     if let Ok(id) = s.parse::<u32>() {
         return Ok(Principal {
             name: s.to_string(),
             id,
         });
+    }
+    if let Some(p) = unresolved(s) {
+        return Ok(p);
     }
     match nix::unistd::User::from_name(s) {
         Ok(Some(u)) => Ok(Principal {
@@ -175,6 +206,9 @@ fn resolve_group_id(s: &str) -> Result<Principal, String> {
             id,
         });
     }
+    if let Some(p) = unresolved(s) {
+        return Ok(p);
+    }
     match nix::unistd::Group::from_name(s) {
         Ok(Some(g)) => Ok(Principal {
             name: s.to_string(),
@@ -186,6 +220,13 @@ fn resolve_group_id(s: &str) -> Result<Principal, String> {
 }
 
 fn current_user() -> Principal {
+    if crate::settings::offline() {
+        // On the node the unit runs bootsecrets as root.
+        return Principal {
+            name: "root".into(),
+            id: 0,
+        };
+    }
     let uid = nix::unistd::geteuid();
     let name = nix::unistd::User::from_uid(uid)
         .ok()
@@ -199,6 +240,12 @@ fn current_user() -> Principal {
 }
 
 fn current_group() -> Principal {
+    if crate::settings::offline() {
+        return Principal {
+            name: "root".into(),
+            id: 0,
+        };
+    }
     let gid = nix::unistd::getegid();
     let name = nix::unistd::Group::from_gid(gid)
         .ok()
@@ -282,7 +329,7 @@ impl Plan {
         };
         let output_root = validate_root(s.output_root.as_deref().unwrap_or(default_root))
             .unwrap_or_else(|e| {
-                errors.push(format!("settings: {e}"));
+                errors.push(format!("settings.{e}"));
                 PathBuf::from(DEFAULT_OUTPUT_ROOT)
             });
 
@@ -328,7 +375,11 @@ impl Plan {
         let root_mode = if s.root_group.is_some() { 0o750 } else { 0o700 };
         // The unit keeps CAP_CHOWN alone: root cannot enter or write a 0700/0750 directory that
         // another user owns, so the root must be owned by the user bootsecrets runs as.
-        let euid = nix::unistd::geteuid().as_raw();
+        let euid = if crate::settings::offline() {
+            0
+        } else {
+            nix::unistd::geteuid().as_raw()
+        };
         if root_owner.id != 0 && root_owner.id != euid {
             errors.push(format!(
                 "settings.root_owner `{}`: the output root must be owned by root (the unit runs \

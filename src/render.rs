@@ -30,11 +30,94 @@ pub enum Variant {
 }
 
 impl Variant {
-    fn butane(self) -> (&'static str, &'static str) {
-        match self {
-            Variant::Flatcar => ("flatcar", "1.0.0"),
-            Variant::Fcos => ("fcos", "1.4.0"),
+    /// The Butane variant and version that emit `spec`.
+    fn butane(self, spec: Spec) -> (&'static str, &'static str) {
+        match (self, spec) {
+            (Variant::Flatcar, Spec::V3_3) => ("flatcar", "1.0.0"),
+            (Variant::Flatcar, Spec::V3_4) => ("flatcar", "1.1.0"),
+            (Variant::Fcos, Spec::V3_3) => ("fcos", "1.4.0"),
+            (Variant::Fcos, Spec::V3_4) => ("fcos", "1.5.0"),
         }
+    }
+}
+
+/// The Ignition spec a rendering targets: 3.3.0 (every current Flatcar and Fedora CoreOS, and
+/// Flatcar LTS), or 3.4.0 when the binary's URL needs it (an `arn:` S3 URL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spec {
+    V3_3,
+    V3_4,
+}
+
+impl Spec {
+    pub fn version(self) -> &'static str {
+        match self {
+            Spec::V3_3 => "3.3.0",
+            Spec::V3_4 => "3.4.0",
+        }
+    }
+}
+
+/// Checks a `--binary-url` for a scheme Ignition fetches (spec 3.3.0: `http`, `https`, `tftp`,
+/// `s3`, `gs`, `data`; 3.4.0 adds `arn`), and returns the spec it needs. `s3://`, `arn:` and
+/// `gs://` are fetched with the instance's own identity (the instance profile, the service
+/// account); an Azure Blob `https://ACCOUNT.blob.core.windows.net/...` URL with its managed
+/// identity. The sha512 is verified whatever the scheme.
+pub fn binary_url_spec(u: &str) -> Result<Spec, String> {
+    if u.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("--binary-url must not contain whitespace".into());
+    }
+    let after = |prefix: &str| u.strip_prefix(prefix);
+    let bucket_and_key = |rest: &str| {
+        rest.split_once('/')
+            .is_some_and(|(b, k)| !b.is_empty() && !k.is_empty() && !k.ends_with('/'))
+    };
+    if let Some(rest) = after("s3://").or_else(|| after("gs://")) {
+        return if bucket_and_key(rest) {
+            Ok(Spec::V3_3)
+        } else {
+            Err(format!(
+                "--binary-url `{u}` must name a bucket and an object: SCHEME://BUCKET/KEY"
+            ))
+        };
+    }
+    if let Some(rest) = after("arn:") {
+        // arn:PARTITION:s3:::BUCKET/KEY, or an access point's
+        // arn:PARTITION:s3:REGION:ACCOUNT:accesspoint/NAME/object/KEY.
+        let f: Vec<&str> = rest.splitn(5, ':').collect();
+        let ok = f.len() == 5
+            && f[0].starts_with("aws")
+            && f[1] == "s3"
+            && ((f[2].is_empty() && f[3].is_empty() && bucket_and_key(f[4]))
+                || (!f[2].is_empty()
+                    && f[3].len() == 12
+                    && f[3].bytes().all(|b| b.is_ascii_digit())
+                    && f[4].starts_with("accesspoint/")
+                    && f[4].contains("/object/")));
+        return if ok {
+            Ok(Spec::V3_4)
+        } else {
+            Err(format!(
+                "--binary-url `{u}` is not an S3 object ARN (arn:aws:s3:::BUCKET/KEY or \
+                 arn:aws:s3:REGION:ACCOUNT:accesspoint/NAME/object/KEY)"
+            ))
+        };
+    }
+    if let Some(rest) = after("data:") {
+        return if rest.contains(',') {
+            Ok(Spec::V3_3)
+        } else {
+            Err(format!("--binary-url `{u}` is not a data: URL"))
+        };
+    }
+    match url::Url::parse(u) {
+        Ok(p) if matches!(p.scheme(), "http" | "https" | "tftp") && p.host_str().is_some() => {
+            Ok(Spec::V3_3)
+        }
+        _ => Err(format!(
+            "--binary-url `{u}` is not a URL Ignition fetches: use https://, http://, tftp://, \
+             s3://BUCKET/KEY, gs://BUCKET/OBJECT, arn:aws:s3:::BUCKET/KEY or data:"
+        )),
     }
 }
 
@@ -64,11 +147,7 @@ impl Install {
         if h.len() != 128 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("--binary-sha512 must be 128 hex digits (the output of sha512sum)");
         }
-        if !(self.binary_url.starts_with("https://") || self.binary_url.starts_with("http://"))
-            || self.binary_url.chars().any(char::is_whitespace)
-        {
-            bail!("--binary-url must be an http:// or https:// URL");
-        }
+        binary_url_spec(&self.binary_url).map_err(|e| anyhow!(e))?;
         let manifest = crate::manifest::parse(&self.manifest)
             .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
             .context("the manifest to embed is not valid")?;
@@ -76,6 +155,11 @@ impl Install {
             "the manifest to embed is not valid: the units cannot be given write access to its \
              output root",
         )
+    }
+
+    /// The Ignition spec this rendering targets.
+    pub fn spec(&self) -> Spec {
+        binary_url_spec(&self.binary_url).unwrap_or(Spec::V3_3)
     }
 
     fn hash(&self) -> String {
@@ -318,7 +402,7 @@ fn scalar(out: &mut String, indent: usize, text: &str) {
 /// The Butane snippet.
 pub fn butane(i: &Install) -> Result<String> {
     let root = i.checked()?;
-    let (variant, version) = i.variant.butane();
+    let (variant, version) = i.variant.butane(i.spec());
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -366,11 +450,13 @@ fn data_url(text: &str) -> String {
     )
 }
 
-/// The Ignition config (spec 3.3.0) equivalent to [`butane`].
+/// The Ignition config (spec 3.3.0, or 3.4.0 for an `arn:` binary URL) equivalent to
+/// [`butane`].
 pub fn ignition(i: &Install) -> Result<String> {
     let root = i.checked()?;
+    // The 3.3.0 types serve 3.4.0 as well: every field written here means the same in both.
     let mut config = ign::Config::new(ign::Ignition {
-        version: Some("3.3.0".into()),
+        version: Some(i.spec().version().into()),
         ..Default::default()
     });
 
@@ -664,5 +750,65 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn binary_urls_ignition_fetches_and_the_spec_they_need() {
+        for (u, spec) in [
+            ("https://artifacts.example.com/bootsecrets", Spec::V3_3),
+            ("http://10.0.2.100/bootsecrets", Spec::V3_3),
+            ("tftp://10.0.0.1/bootsecrets", Spec::V3_3),
+            ("s3://my-bucket/bootsecrets/v1/bootsecrets", Spec::V3_3),
+            ("gs://my-bucket/bootsecrets", Spec::V3_3),
+            (
+                "https://acct.blob.core.windows.net/bin/bootsecrets",
+                Spec::V3_3,
+            ),
+            ("data:;base64,AAAA", Spec::V3_3),
+            ("arn:aws:s3:::my-bucket/bootsecrets", Spec::V3_4),
+            ("arn:aws-us-gov:s3:::b/k", Spec::V3_4),
+            (
+                "arn:aws:s3:us-west-2:123456789012:accesspoint/ap/object/bootsecrets",
+                Spec::V3_4,
+            ),
+        ] {
+            assert_eq!(binary_url_spec(u), Ok(spec), "{u}");
+        }
+        for bad in [
+            "s3://bucket-only",
+            "s3://bucket/",
+            "gs:///key",
+            "ftp://x/y",
+            "https://",
+            "arn:aws:iam::123456789012:role/x",
+            "arn:aws:s3:::bucket",
+            "file:///opt/bootsecrets",
+            "https://x/a b",
+            "data:nocomma",
+        ] {
+            assert!(binary_url_spec(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn an_arn_rendering_is_a_valid_3_4_config() {
+        let i = Install {
+            variant: Variant::Flatcar,
+            binary_url: "arn:aws:s3:::my-bucket/bootsecrets".into(),
+            binary_sha512: "0".repeat(128),
+            manifest: "[backend.a]\ntype = \"aws\"\n[[secret]]\npath = \"x\"\nref = \"x\"\n".into(),
+            kubelet_dropin: true,
+            refresh: true,
+        };
+        let json = ignition(&i).unwrap();
+        // Parsed by the 3.4.0 types, with no key they do not know.
+        let (cfg, warnings) = ignition_config::Config::parse_str(&json).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(matches!(cfg, ignition_config::Config::V3_4(_)), "{cfg:?}");
+        assert!(
+            butane(&i)
+                .unwrap()
+                .contains("variant: flatcar\nversion: 1.1.0\n")
+        );
     }
 }

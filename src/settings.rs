@@ -42,3 +42,17 @@ pub const ACTION_BUDGET: std::time::Duration = std::time::Duration::from_secs(45
 
 /// Slack for what is neither fetching nor a budget above: starting, status writes, exit.
 pub const SLACK: std::time::Duration = std::time::Duration::from_secs(5);
+
+static OFFLINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// `check --offline` and `render`: validate what does not depend on the machine validating (no
+/// users or groups looked up, no file the manifest names examined, no environment read), as a CI
+/// pipeline building user data needs. Set once, by the command line, before validation.
+pub fn set_offline() {
+    OFFLINE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_offline`].
+pub fn offline() -> bool {
+    OFFLINE.load(std::sync::atomic::Ordering::Relaxed)
+}

@@ -45,6 +45,29 @@ fn valid_url(u: &str) -> bool {
     matches!(rest, Some(r) if !r.is_empty() && !r.starts_with('/') && !u.chars().any(char::is_whitespace))
 }
 
+/// A well-formed AWS region name: `us-east-1`, `us-gov-west-1`, `cn-north-1`, `eusc-de-east-1`
+/// (a partition prefix, words, a number). An availability zone (`eu-west-1a`) is named as one.
+pub fn region_name(r: &str) -> Result<(), String> {
+    let parts: Vec<&str> = r.split('-').collect();
+    let word = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let number = |p: &str| (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    let ok = parts.len() >= 3
+        && (2..=4).contains(&parts[0].len())
+        && parts[..parts.len() - 1].iter().all(|p| word(p))
+        && number(parts[parts.len() - 1]);
+    if ok {
+        return Ok(());
+    }
+    if let Some(stripped) = r.strip_suffix(|c: char| c.is_ascii_lowercase())
+        && region_name(stripped).is_ok()
+    {
+        return Err(format!(
+            "is an availability zone, not a region: the region is `{stripped}`"
+        ));
+    }
+    Err("is not an AWS region name (such as `us-east-1` or `eu-west-3`)".into())
+}
+
 /// First of: the manifest key, then each environment variable in order.
 fn setting(
     key: Option<&String>,
@@ -67,9 +90,9 @@ pub fn plan(e: &AwsEntry, env: EnvLookup<'_>) -> Result<AwsConfig, Vec<String>> 
         &["AWS_REGION", "AWS_DEFAULT_REGION"],
     );
     if let Some((r, src)) = &region
-        && (r.is_empty() || !r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && let Err(e) = region_name(r)
     {
-        errors.push(format!("{src} `{r}` is not a region name"));
+        errors.push(format!("{src} `{r}` {e}"));
     }
     let endpoint = setting(
         e.endpoint.as_ref(),
@@ -673,5 +696,38 @@ mod tests {
         ] {
             assert!(!is_loopback_url(u), "{u}");
         }
+    }
+
+    #[test]
+    fn region_names_are_well_formed() {
+        for ok in [
+            "us-east-1",
+            "eu-west-3",
+            "us-gov-west-1",
+            "cn-north-1",
+            "eusc-de-east-1",
+            "ap-southeast-5",
+            "il-central-1",
+        ] {
+            assert!(region_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "US-EAST-1",
+            "useast1",
+            "us-east",
+            "us_east_1",
+            "",
+            "us-east-1-",
+            "1-us-east",
+            "us-east-100",
+            "u-east-1",
+        ] {
+            assert!(region_name(bad).is_err(), "{bad}");
+        }
+        assert!(
+            region_name("eu-west-1a")
+                .unwrap_err()
+                .contains("the region is `eu-west-1`")
+        );
     }
 }

@@ -103,3 +103,55 @@ def test_plain_http_is_judged_by_the_real_host(outdir, bootsecrets):
         assert url in m
         r = bootsecrets(m, command="check")
         assert r.code == 2 and "allow_http" in r.stderr, (url, r)
+
+
+def test_check_offline_validates_what_does_not_depend_on_this_machine(outdir, bootsecrets,
+                                                                      tmp_path):
+    """For CI building user data: the users, groups and files belong to the node."""
+    m = f'''
+[settings]
+output_root = "{outdir}"
+root_group = "kubelet-readers-on-the-node"
+
+[backend.v]
+type = "vault"
+ca_file = "/etc/pki/vault-ca.pem"
+
+[backend.v.auth]
+method = "approle"
+role_id = "node"
+secret_id_file = "/var/lib/bootsecrets/secret-id"
+
+[[secret]]
+path = "a"
+ref = "secret/a"
+owner = "kubelet-on-the-node"
+on_change = ["/usr/bin/not-on-this-machine", "restart"]
+'''
+    r = bootsecrets(m, command="check")
+    assert r.code == 2, r
+    for needle in ("kubelet-readers-on-the-node", "kubelet-on-the-node", "/etc/pki/vault-ca.pem",
+                   "/var/lib/bootsecrets/secret-id", "/usr/bin/not-on-this-machine",
+                   "`address` is required"):
+        assert needle in r.stderr, (needle, r)
+    r = bootsecrets(m, "--offline", command="check")
+    assert r.code == 0, r
+    assert "is valid (offline: users, groups and the files it names are checked on the node)" \
+        in r.stdout, r
+    assert "0400 kubelet-on-the-node:root" in r.stdout, r
+    # What does not depend on the machine is still checked.
+    bad = m.replace('path = "a"', 'path = "../a"').replace('root_group', 'root_grup')
+    r = bootsecrets(bad, "--offline", command="check")
+    assert r.code == 2 and "root_grup" in r.stderr, r
+    r = bootsecrets(m.replace('path = "a"', 'path = "../a"'), "--offline", command="check")
+    assert r.code == 2 and "path" in r.stderr, r
+
+
+def test_a_region_must_be_a_region_name(outdir, bootsecrets):
+    for region, needle in [("eu-west-1a", "is an availability zone, not a region: the region is "
+                                          "`eu-west-1`"),
+                           ("Frankfurt", "is not an AWS region name")]:
+        m = aws_manifest(outdir, Unreachable, Unreachable, [{"path": "a", "ref": "x"}],
+                         region=region)
+        r = bootsecrets(m, command="check")
+        assert r.code == 2 and f"region `{region}` {needle}" in r.stderr, r

@@ -81,6 +81,8 @@ pub fn plan(e: &VaultEntry, env: EnvLookup<'_>) -> Result<VaultConfig, Vec<Strin
     let (address, address_source) = match (&e.address, env("VAULT_ADDR")) {
         (Some(a), _) => (a.trim_end_matches('/').to_string(), "address"),
         (None, Some(a)) => (a.trim_end_matches('/').to_string(), "VAULT_ADDR"),
+        // `check --offline`: the node's environment may hold it.
+        (None, None) if crate::settings::offline() => (String::new(), "VAULT_ADDR"),
         (None, None) => {
             errors.push("`address` is required (or VAULT_ADDR in the environment)".to_string());
             (String::new(), "address")
