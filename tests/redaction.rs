@@ -31,6 +31,7 @@ fn values_tokens_and_credentials_print_a_placeholder() {
     assert_redacted("Option<SecretString>", format!("{:?}", Some(&t)));
 
     let aws = bootsecrets::identity::aws_imds::AwsCredentials {
+        role: "node".into(),
         access_key_id: "AKIDEXAMPLE".into(),
         secret_access_key: SecretString::new(CANARY.into()),
         session_token: SecretString::new(CANARY.into()),

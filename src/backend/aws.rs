@@ -223,9 +223,106 @@ impl AwsSecretRef {
     }
 }
 
-/// A connected Secrets Manager client, holding the instance role's credentials.
+/// A connected Secrets Manager client, holding the instance role's credentials, and what its
+/// error messages name: the region, the endpoint and the role.
 pub struct AwsBackend {
     client: aws_sdk_secretsmanager::Client,
+    region: String,
+    /// The endpoint requests go to: configured, or the one the SDK derives from the region.
+    endpoint: String,
+    /// The endpoint was derived from the region (a DNS failure then points at the region).
+    derived: bool,
+    role: String,
+}
+
+/// The endpoint the SDK derives from a region when none is configured (for messages).
+fn regional_endpoint(region: &str, fips: bool) -> String {
+    let suffix = if region.starts_with("cn-") {
+        "amazonaws.com.cn"
+    } else {
+        "amazonaws.com"
+    };
+    let service = if fips {
+        "secretsmanager-fips"
+    } else {
+        "secretsmanager"
+    };
+    format!("https://{service}.{region}.{suffix}")
+}
+
+/// What a failure was, for the context [`AwsBackend::explain`] adds to its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reason {
+    NotFound,
+    /// Access denied; the principal and the action AWS named, when it named them in a form
+    /// checked here (an ARN, a `service:Action`), never AWS's text as such.
+    Denied {
+        principal: Option<String>,
+        action: Option<String>,
+    },
+    Kms,
+    Unreachable {
+        dns: bool,
+    },
+    Other,
+}
+
+/// The first well-formed principal ARN in `text` (`arn:PARTITION:sts::ACCOUNT:assumed-role/...`
+/// or `arn:PARTITION:iam::ACCOUNT:role/...` / `user/...`), at most 256 characters.
+fn principal_arn(text: &str) -> Option<String> {
+    text.match_indices("arn:").find_map(|(i, _)| {
+        let token: String = text[i..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || ":/+=,.@_-".contains(*c))
+            .take(257)
+            .collect();
+        let f: Vec<&str> = token.splitn(6, ':').collect();
+        let ok = token.len() <= 256
+            && f.len() == 6
+            && f[1].starts_with("aws")
+            && (f[2] == "sts" || f[2] == "iam")
+            && f[3].is_empty()
+            && f[4].len() == 12
+            && f[4].bytes().all(|b| b.is_ascii_digit())
+            && ["assumed-role/", "role/", "user/"]
+                .iter()
+                .any(|p| f[5].starts_with(p) && f[5].len() > p.len());
+        ok.then_some(token)
+    })
+}
+
+/// The first `secretsmanager:Action` or `kms:Action` in `text`.
+fn denied_action(text: &str) -> Option<String> {
+    ["secretsmanager:", "kms:"].iter().find_map(|svc| {
+        text.match_indices(svc).find_map(|(i, _)| {
+            let rest = &text[i + svc.len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric())
+                .take(64)
+                .collect();
+            (name.len() > 1 && name.starts_with(|c: char| c.is_ascii_uppercase()))
+                .then(|| format!("{svc}{name}"))
+        })
+    })
+}
+
+/// AWS's error message, from the parsed error or the XML body (moto answers auth errors in XML),
+/// only ever read by [`principal_arn`] and [`denied_action`].
+fn error_message<E: ProvideErrorMetadata>(err: &E, raw: Option<&HttpResponse>) -> String {
+    if let Some(m) = err.message() {
+        return m.to_string();
+    }
+    let Some(text) = raw
+        .and_then(|r| r.body().bytes())
+        .and_then(|b| std::str::from_utf8(b).ok())
+    else {
+        return String::new();
+    };
+    match (text.find("<Message>"), text.find("</Message>")) {
+        (Some(a), Some(b)) if a < b => text[a + "<Message>".len()..b].to_string(),
+        _ => String::new(),
+    }
 }
 
 impl AwsBackend {
@@ -261,7 +358,13 @@ impl AwsBackend {
             creds.expiration,
             "bootsecrets-imdsv2",
         );
+        let role = creds.role.clone();
         drop(creds);
+        let (endpoint, derived) = match &cfg.endpoint {
+            Some((u, _)) => (u.clone(), false),
+            None => (regional_endpoint(&region, cfg.use_fips), true),
+        };
+        let region_used = region.clone();
         // Retries are ours (deadline-bound, transient-only); the SDK makes exactly one attempt.
         let mut b = aws_sdk_secretsmanager::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -281,6 +384,10 @@ impl AwsBackend {
         }
         Ok(AwsBackend {
             client: aws_sdk_secretsmanager::Client::from_conf(b.build()),
+            region: region_used,
+            endpoint,
+            derived,
+            role,
         })
     }
 
@@ -294,7 +401,10 @@ impl AwsBackend {
             .set_version_stage(r.version_stage.clone())
             .send()
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| {
+                let (f, reason) = classify_with_reason(&e);
+                self.explain(f, &reason)
+            })?;
         // Shown in logs and the status file: only if it looks like a version id.
         let version = out.version_id.filter(|v| {
             !v.is_empty()
@@ -310,6 +420,49 @@ impl AwsBackend {
                 "the response has neither SecretString nor SecretBinary",
             ))
         }
+    }
+}
+
+impl AwsBackend {
+    /// Adds to a failure what it takes to fix it: the region and endpoint a secret was looked
+    /// for in, the role and the action that were denied, the endpoint that did not answer.
+    fn explain(&self, mut f: FetchError, reason: &Reason) -> FetchError {
+        let (region, endpoint, role) = (&self.region, &self.endpoint, &self.role);
+        let context = match reason {
+            Reason::NotFound => format!(
+                " in region {region} at {endpoint}: check `ref` and the region (a secret lives \
+                 in one region of one account)"
+            ),
+            Reason::Denied { principal, action } => {
+                let action = action.as_deref().unwrap_or("secretsmanager:GetSecretValue");
+                let who = match principal {
+                    Some(arn) => format!("the instance role `{role}` ({arn})"),
+                    None => format!("the instance role `{role}`"),
+                };
+                if action.starts_with("kms:") {
+                    format!(
+                        ": {who} may not call {action} on the secret's KMS key (region \
+                         {region}); allow it in the key policy or the role's policy"
+                    )
+                } else {
+                    format!(
+                        ": {who} may not call {action} on this secret (region {region}); allow \
+                         it in the role's policy or the secret's resource policy, and \
+                         kms:Decrypt on its key if it uses a customer managed KMS key"
+                    )
+                }
+            }
+            Reason::Kms => format!(" for the instance role `{role}` (region {region})"),
+            Reason::Unreachable { dns: true } if self.derived => format!(
+                ": {endpoint}, built from region `{region}`, did not resolve: check the region; \
+                 a VPC without public DNS needs `endpoint` (its Secrets Manager interface \
+                 endpoint)"
+            ),
+            Reason::Unreachable { .. } => format!(" ({endpoint}, region {region})"),
+            Reason::Other => String::new(),
+        };
+        f.message.push_str(&context);
+        f
     }
 }
 
@@ -438,6 +591,44 @@ impl http_body::Body for LimitedBody {
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// [`classify`], and what the failure was for [`AwsBackend::explain`].
+fn classify_with_reason<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    err: &SdkError<E, HttpResponse>,
+) -> (FetchError, Reason) {
+    let f = classify(err);
+    let reason = match err {
+        SdkError::ServiceError(ctx) => {
+            let code = error_code(ctx.err(), Some(ctx.raw())).unwrap_or_default();
+            let status = ctx.raw().status().as_u16();
+            match code.as_str() {
+                "ResourceNotFoundException" => Reason::NotFound,
+                "DecryptionFailure" => Reason::Kms,
+                "AccessDeniedException" | "AccessDenied" => {
+                    let text = error_message(ctx.err(), Some(ctx.raw()));
+                    Reason::Denied {
+                        principal: principal_arn(&text),
+                        action: denied_action(&text),
+                    }
+                }
+                _ if status == 403 => Reason::Denied {
+                    principal: None,
+                    action: None,
+                },
+                _ if status == 404 && code.is_empty() => Reason::NotFound,
+                _ => Reason::Other,
+            }
+        }
+        SdkError::DispatchFailure(d) if !d.is_user() => Reason::Unreachable {
+            dns: find_io_error(err).is_some_and(|io| {
+                crate::error::describe_io(io) == "the host name did not resolve (DNS)"
+            }),
+        },
+        SdkError::TimeoutError(_) => Reason::Unreachable { dns: false },
+        _ => Reason::Other,
+    };
+    (f, reason)
 }
 
 fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -728,6 +919,45 @@ mod tests {
             region_name("eu-west-1a")
                 .unwrap_err()
                 .contains("the region is `eu-west-1`")
+        );
+    }
+
+    #[test]
+    fn principals_and_actions_are_read_only_in_checked_forms() {
+        let moto = "User: arn:aws:sts::123456789012:assumed-role/nobody/i-0123456789abcdef0 is \
+                    not authorized to perform: secretsmanager:GetSecretValue";
+        assert_eq!(
+            principal_arn(moto).as_deref(),
+            Some("arn:aws:sts::123456789012:assumed-role/nobody/i-0123456789abcdef0")
+        );
+        assert_eq!(
+            denied_action(moto).as_deref(),
+            Some("secretsmanager:GetSecretValue")
+        );
+        let kms = "Access to KMS is not allowed. arn:aws:iam::123456789012:role/node is not \
+                   authorized to perform: kms:Decrypt on resource arn:aws:kms:...";
+        assert_eq!(denied_action(kms).as_deref(), Some("kms:Decrypt"));
+        assert_eq!(
+            principal_arn(kms).as_deref(),
+            Some("arn:aws:iam::123456789012:role/node")
+        );
+        for junk in [
+            "arn:aws:sts::12345:assumed-role/x/y",
+            "arn:evil:sts::123456789012:assumed-role/x/y",
+            "arn:aws:s3:::bucket/key",
+            "arn:aws:sts::123456789012:assumed-role/",
+            "no arn here",
+        ] {
+            assert_eq!(principal_arn(junk), None, "{junk}");
+        }
+        assert_eq!(denied_action("secretsmanager:<script>"), None);
+        assert_eq!(
+            regional_endpoint("cn-north-1", false),
+            "https://secretsmanager.cn-north-1.amazonaws.com.cn"
+        );
+        assert_eq!(
+            regional_endpoint("us-east-1", true),
+            "https://secretsmanager-fips.us-east-1.amazonaws.com"
         );
     }
 }

@@ -33,6 +33,8 @@ pub struct ImdsSettings {
 
 /// Temporary role credentials from IMDS. Secret parts are zeroed on drop.
 pub struct AwsCredentials {
+    /// The instance role's name, as IMDS lists it (checked to be an IAM role name).
+    pub role: String,
     pub access_key_id: String,
     pub secret_access_key: SecretString,
     pub session_token: SecretString,
@@ -115,6 +117,16 @@ impl InstanceIdentity {
                 endpoint
             )));
         }
+        if role.len() > 64
+            || !role
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+        {
+            return Err(FetchError::permanent(format!(
+                "IMDS at {}: the instance's role is listed under a name IAM does not allow",
+                endpoint
+            )));
+        }
         let doc = self
             .get(
                 &client,
@@ -150,6 +162,7 @@ impl InstanceIdentity {
             endpoint
         );
         Ok(AwsCredentials {
+            role: role.to_string(),
             access_key_id: doc.access_key_id,
             secret_access_key: doc.secret_access_key,
             session_token: doc.token,

@@ -807,6 +807,7 @@ mod tests {
 
     fn creds() -> aws_imds::AwsCredentials {
         aws_imds::AwsCredentials {
+            role: "node".into(),
             access_key_id: "AKIDEXAMPLE".into(),
             secret_access_key: SecretString::new("wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into()),
             session_token: SecretString::new("session-token-canary".into()),

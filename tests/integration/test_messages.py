@@ -1,0 +1,73 @@
+"""Errors that name what to fix, through the binary: for AWS the region and endpoint a secret was
+looked for in, the role and the action that were denied, a region that does not resolve."""
+
+import socket
+import threading
+
+from conftest import aws_manifest
+
+
+class NxdomainResolver:
+    """A DNS server that answers every query with NXDOMAIN at once (RFC 1035 header, rcode 3),
+    for a resolv.conf of the test's own."""
+
+    def __init__(self, ns):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((ns, 53))
+        self.sock.settimeout(0.2)
+        self.stop_flag = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self):
+        while not self.stop_flag.is_set():
+            try:
+                q, addr = self.sock.recvfrom(512)
+            except OSError:
+                continue
+            # Same id and question; flags: response, recursion desired and available, NXDOMAIN.
+            self.sock.sendto(q[:2] + b"\x81\x83" + q[4:6] + b"\x00\x00\x00\x00\x00\x00" + q[12:], addr)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *a):
+        self.stop_flag.set()
+        self.thread.join()
+        self.sock.close()
+
+
+def test_not_found_names_the_region_and_the_endpoint(moto, imds, outdir, name, bootsecrets):
+    r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/missing"}],
+                                 region="eu-west-3"))
+    assert r.code == 1, r
+    assert "not found (ResourceNotFoundException, HTTP 4" in r.stderr, r
+    assert (f") in region eu-west-3 at {moto.url}: check `ref` and the region") in r.stderr, r
+
+
+def test_access_denied_names_the_role_and_the_action(moto, imds_factory, outdir, name,
+                                                     bootsecrets):
+    moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="v")
+    imds = imds_factory(role="nobody")
+    r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}]))
+    assert r.code == 1, r
+    assert ("access denied (AccessDenied, HTTP 403): the instance role `nobody` "
+            "(arn:aws:sts::123456789012:assumed-role/nobody/") in r.stderr, r
+    assert "may not call secretsmanager:GetSecretValue on this secret (region us-east-1)" in r.stderr, r
+
+
+def test_a_region_whose_endpoint_does_not_resolve_says_so(imds, outdir, bootsecrets, tmp_path):
+    ns = "127.53.0.53"
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text(f"nameserver {ns}\noptions timeout:1 attempts:1\n")
+    m = aws_manifest(outdir, imds, Unreachable, [{"path": "a", "ref": "x"}], region="eu-west-9",
+                     settings="deadline_seconds = 3").replace('endpoint = "unused"\n', "")
+    with NxdomainResolver(ns):
+        r = bootsecrets(m, binds=[(resolv, "/etc/resolv.conf")])
+    assert r.code == 3, r
+    assert ("https://secretsmanager.eu-west-9.amazonaws.com, built from region `eu-west-9`, did "
+            "not resolve: check the region") in r.stderr, r
+
+
+class Unreachable:
+    url = "unused"
