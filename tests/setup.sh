@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need into the repository (nothing system-wide beyond what
-# apt installs): the Python venv .venv-test (moto, OpenBao and pytest) and .venv-localstack
-# (LocalStack). Idempotent and quick when up to date.
+# apt installs): the Python venv .venv-test (moto, OpenBao, pytest and the vendors' clients) and
+# .venv-localstack (LocalStack). Idempotent and quick when up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,9 +37,10 @@ if [ $boot = 1 ] && ! command -v qemu-system-x86_64 >/dev/null; then
     -t bookworm-backports qemu-system-x86 >/dev/null
 fi
 
-# .venv-test: the test servers and runner (tests/requirements.txt).
+# .venv-test: the test servers and runner (tests/requirements.txt) and the vendors' clients that
+# judge the doubles (tests/requirements-vendors.txt), resolved together.
 venv=.venv-test
-reqs=(tests/requirements.txt)
+reqs=(tests/requirements.txt tests/requirements-vendors.txt)
 stamp="$venv/.requirements.sha256"
 want=$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then

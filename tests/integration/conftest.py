@@ -337,10 +337,11 @@ address = "{address}"
     return body
 
 
-# ---- LocalStack -------------------------------------------------------------------------------
+# ---- LocalStack, and the network namespaces the vendors' clients meet the doubles in ----------
 # (one block, appended: the fixtures above are unchanged)
 
 from support.localstack import LocalStack  # noqa: E402
+from support.netns import NetNs  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -378,4 +379,12 @@ def aws_imds(aws_imds_factory):
     return aws_imds_factory()
 
 
-# ---- end of the LocalStack block ---------------------------------------------------------------
+@pytest.fixture
+def netns():
+    """A fresh network namespace with lo up and 169.254.169.254 on it (tests/support/netns.py),
+    deleted after the test."""
+    ns = NetNs().create()
+    yield ns
+    ns.close()
+
+# ---- end of the LocalStack and network-namespace block -----------------------------------------
