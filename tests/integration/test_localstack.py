@@ -237,3 +237,42 @@ def test_localstack_checks_no_signature_so_those_tests_stay_on_moto(localstack, 
     moto.client("secretsmanager").create_secret(Name=f"{name}/sig", SecretString="x")
     r = bootsecrets(aws_manifest(outdir, bad, moto, [{"path": "sig", "ref": f"{name}/sig"}]))
     assert r.code == 1 and "SignatureDoesNotMatch" in r.stderr, r
+
+
+def test_readme_recipe_for_a_localstack_you_already_run(localstack, outdir, name, bootsecrets,
+                                                       tmp_path):
+    """The README's way: the IMDSv2 double's command line minting from the LocalStack, and the
+    endpoints given by AWS_ENDPOINT_URL and AWS_EC2_METADATA_SERVICE_ENDPOINT, not the manifest."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from support.net import free_port, wait_http
+
+    localstack.client("secretsmanager").create_secret(Name=f"{name}/db", SecretString="by-env")
+    port = free_port()
+    log = open(tmp_path / "imds.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "support.imds", "--sts", localstack.url,
+                             "--port", str(port)], cwd=ROOT / "tests", stdout=log,
+                            stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/latest/meta-data/", timeout=30)
+        r = bootsecrets(f"""
+[settings]
+output_root = "{outdir}"
+
+[backend.aws]
+type = "aws"
+
+[[secret]]
+path = "db"
+ref = "{name}/db"
+""", env={"AWS_ENDPOINT_URL": localstack.url, "AWS_REGION": "us-east-1",
+          "AWS_EC2_METADATA_SERVICE_ENDPOINT": f"http://127.0.0.1:{port}"})
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert r.code == 0, (r, (tmp_path / "imds.log").read_text())
+    assert (outdir / "db").read_bytes() == b"by-env"
+    assert status(outdir)["run"]["outcome"] == "published"
+    assert "account 000000000000" in (tmp_path / "imds.log").read_text()

@@ -240,3 +240,50 @@ class ImdsDouble:
 
     def gets_without_token(self):
         return [r for r in self.requests if r[0] == "GET" and "x-aws-ec2-metadata-token" not in r[2]]
+
+
+class StsAt:
+    """The sts:AssumeRole of a server someone else runs (a LocalStack or a moto without auth),
+    for the command line below: placeholder keys, the account the server says it is."""
+
+    def __init__(self, url, region="us-east-1"):
+        import boto3
+
+        self.url = url
+        self.sts = boto3.client("sts", endpoint_url=url, region_name=region,
+                                aws_access_key_id="test", aws_secret_access_key="test")
+        self.account = self.sts.get_caller_identity()["Account"]
+
+    def assume_role(self, role):
+        c = self.sts.assume_role(RoleArn=f"arn:aws:iam::{self.account}:role/{role}",
+                                 RoleSessionName=INSTANCE_ID)["Credentials"]
+        return {"AccessKeyId": c["AccessKeyId"], "SecretAccessKey": c["SecretAccessKey"],
+                "Token": c["SessionToken"], "Expiration": c["Expiration"].strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+def main(argv=None):
+    """`python -m support.imds --sts URL` (from tests/, with .venv-test's Python): an IMDSv2 double
+    on 127.0.0.1 for a bootsecrets pointed at a LocalStack you already run, which has no IMDS."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m support.imds", description=main.__doc__)
+    ap.add_argument("--sts", required=True, help="the server whose sts:AssumeRole mints the "
+                    "credentials, e.g. http://127.0.0.1:4566 (LocalStack)")
+    ap.add_argument("--port", type=int, default=1338, help="port on 127.0.0.1 (default 1338)")
+    ap.add_argument("--role", default="node", help="the instance role's name (default node)")
+    ap.add_argument("--region", default="us-east-1", help="region in the identity document")
+    args = ap.parse_args(argv)
+    d = ImdsDouble(StsAt(args.sts, args.region), role=args.role, region=args.region,
+                   port=args.port).start()
+    print(f"IMDSv2 double at {d.url}: role {args.role}, region {args.region}, credentials from "
+          f"sts:AssumeRole at {args.sts} (account {d.sts.account}); Ctrl-C stops it", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        d.stop()
+
+
+if __name__ == "__main__":
+    main()
