@@ -6,13 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: ignition-validate (Ignition 2.14) for the snippet tests; systemd for
-# systemd-analyze; with --boot, what the qemu first-boot test needs. Installed only when missing.
+# systemd-analyze; iproute2 for ip netns; with --boot, what the qemu first-boot test needs.
+# Installed only when missing.
 boot=0
 [ "${1:-}" = "--boot" ] && boot=1
 need=()
 command -v ignition-validate >/dev/null || need+=(ignition)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the vendors' clients' tests
 if [ $boot = 1 ]; then
   command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
   command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
