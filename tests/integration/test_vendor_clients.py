@@ -2,11 +2,12 @@
 
 A double that only bootsecrets talks to could drift into agreeing with bootsecrets' own mistakes.
 Here the clients the clouds ship, pinned in tests/requirements-vendors.txt, run against the
-doubles exactly as they run on a VM, with no endpoint, no option and no patch of theirs changed:
-each test gets a fresh network namespace (tests/support/netns.py) in which the metadata double
-answers at 169.254.169.254:80, Key Vault at https://testvault.vault.azure.net (port 443, so the
-Key Vault SDK's check of the challenge's resource against the vault's host passes as in Azure)
-and Secret Manager at https://secretmanager.googleapis.com and its regional host. The names are
+doubles as they run on a VM: at their default endpoints (the regional Secret Manager endpoint
+given as Google documents it), with no option that relaxes a check and no patch. Each test
+gets a fresh network namespace (tests/support/netns.py) in which the metadata double answers at
+169.254.169.254:80, Key Vault at https://testvault.vault.azure.net (port 443, so the Key Vault
+SDK's check of the challenge's resource against the vault's host passes as in Azure) and Secret
+Manager at https://secretmanager.googleapis.com and its regional host. The names are
 resolved to the namespace's addresses as a VM's resolver would, and TLS is verified against the
 test CA, given as a client would be given a private CA (`connection_verify`,
 `REQUESTS_CA_BUNDLE`). A disagreement is fixed in the double, never worked around here.
