@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: starts a real moto server and the IMDSv2 double, seeds two secrets, runs bootsecrets
-# into a tmpfs directory under /dev/shm and lists what it wrote, with modes and owners.
+# The demo: starts a real server (moto by default; --backend localstack or --backend openbao) and,
+# for AWS, the IMDSv2 double, seeds two secrets, runs bootsecrets into a tmpfs directory under
+# /dev/shm and lists what it wrote, with modes and owners. --keep leaves that directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh

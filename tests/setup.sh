@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need into the repository (nothing system-wide beyond what
-# apt installs): the Python venv with moto and pytest. Idempotent and quick when up to date.
+# apt installs): the Python venv .venv-test (moto, OpenBao, pytest and the vendors' clients) and
+# .venv-localstack (LocalStack). Idempotent and quick when up to date.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: ignition-validate (Ignition 2.14) for the snippet tests; systemd for
-# systemd-analyze; with --boot, what the qemu first-boot test needs. Installed only when missing.
+# systemd-analyze; iproute2 for ip netns; with --boot, what the qemu first-boot test needs.
+# Installed only when missing.
 boot=0
 [ "${1:-}" = "--boot" ] && boot=1
 need=()
 command -v ignition-validate >/dev/null || need+=(ignition)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the vendors' clients' tests
 if [ $boot = 1 ]; then
   command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
   command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
@@ -36,14 +39,44 @@ if [ $boot = 1 ] && ! command -v qemu-system-x86_64 >/dev/null; then
     -t bookworm-backports qemu-system-x86 >/dev/null
 fi
 
+# .venv-test: the test servers and runner (tests/requirements.txt) and the vendors' clients that
+# judge the doubles (tests/requirements-vendors.txt), resolved together.
 venv=.venv-test
-req=tests/requirements.txt
+reqs=(tests/requirements.txt tests/requirements-vendors.txt)
 stamp="$venv/.requirements.sha256"
-want=$(sha256sum "$req" | cut -d' ' -f1)
+want=$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: creating $venv from $req" >&2
+  echo "setup: creating $venv from ${reqs[*]}" >&2
   rm -rf "$venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${reqs[@]/#/-r}"
   echo "$want" > "$stamp"
+fi
+
+# .venv-localstack: LocalStack, in a venv of its own (its pins clash with moto's). It needs
+# Python 3.12 or newer (see tests/requirements-localstack.txt): the first of python3.13 and
+# python3.12 on PATH, then pyenv's, else setup fails here, saying so.
+ls_venv=.venv-localstack
+ls_req=tests/requirements-localstack.txt
+ls_python=
+for c in python3.13 python3.12 "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13*/bin/python3 \
+         "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3; do
+  if p=$(command -v "$c" 2>/dev/null) && "$p" -c 'import sys, venv; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+    ls_python=$p
+    break
+  fi
+done
+if [ -z "$ls_python" ]; then
+  echo "setup: LocalStack (localstack-core 2026.3.0) needs Python 3.12 or newer: none found" \
+       "(python3.13, python3.12, pyenv's versions)" >&2
+  exit 1
+fi
+ls_want=$( { cat "$ls_req"; "$ls_python" --version; } | sha256sum | cut -d' ' -f1)
+ls_stamp="$ls_venv/.requirements.sha256"
+if [ ! -x "$ls_venv/bin/python" ] || [ "$(cat "$ls_stamp" 2>/dev/null)" != "$ls_want" ]; then
+  echo "setup: creating $ls_venv from $ls_req with $("$ls_python" --version)" >&2
+  rm -rf "$ls_venv"
+  "$ls_python" -m venv "$ls_venv"
+  "$ls_venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r "$ls_req"
+  echo "$ls_want" > "$ls_stamp"
 fi

@@ -373,3 +373,56 @@ address = "{address}"
     for s in secrets:
         body += "\n[[secret]]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in s.items())
     return body
+
+
+# ---- LocalStack, and the network namespaces the vendors' clients meet the doubles in ----------
+# (one block, appended: the fixtures above are unchanged)
+
+from support.localstack import LocalStack  # noqa: E402
+from support.netns import NetNs  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def localstack(tmp_path_factory):
+    """One real LocalStack for the session (tests/support/localstack.py), on 127.0.0.1 only;
+    tests isolate themselves by secret names, as with moto."""
+    ls = LocalStack(log_path=tmp_path_factory.mktemp("localstack") / "localstack.log").start()
+    yield ls
+    ls.stop()
+
+
+@pytest.fixture(params=["moto", "localstack"])
+def aws_server(request):
+    """Each Secrets Manager server in turn: moto (signatures and IAM checked) and LocalStack."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def aws_imds_factory(aws_server):
+    """IMDSv2 doubles whose credentials come from `aws_server`'s own sts:AssumeRole."""
+    started = []
+
+    def make(**kw):
+        d = ImdsDouble(aws_server, **kw).start()
+        started.append(d)
+        return d
+
+    yield make
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture
+def aws_imds(aws_imds_factory):
+    return aws_imds_factory()
+
+
+@pytest.fixture
+def netns():
+    """A fresh network namespace with lo up and 169.254.169.254 on it (tests/support/netns.py),
+    deleted after the test."""
+    ns = NetNs().create()
+    yield ns
+    ns.close()
+
+# ---- end of the LocalStack and network-namespace block -----------------------------------------

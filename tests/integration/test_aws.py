@@ -1,16 +1,30 @@
 """The AWS path end to end: the built binary, a real moto server (signatures and IAM enforced),
-and the IMDSv2 double."""
+and the IMDSv2 double. The read-path tests marked `@on_moto_and_localstack` run twice, once
+against moto and once against a real LocalStack (credentials minted by its own STS); the rest
+need what only moto does (SigV4 and IAM checks) or test the IMDS side alone."""
 
 import base64
 import json
 import os
 import stat
 
+import pytest
+
 from conftest import aws_manifest, published
 
+# In a test so marked, `moto` is the Secrets Manager server of the case, moto or LocalStack, and
+# `imds` / `imds_factory` mint their credentials from that server's sts:AssumeRole.
+on_moto_and_localstack = pytest.mark.parametrize("moto", ["moto", "localstack"], indirect=True)
 
 
+@pytest.fixture
+def moto(request, moto):
+    if getattr(request, "param", "moto") == "localstack":
+        return request.getfixturevalue("localstack")
+    return moto
 
+
+@on_moto_and_localstack
 def test_string_secret_is_written_with_default_mode(moto, imds, outdir, name, bootsecrets):
     moto.client("secretsmanager").create_secret(Name=f"{name}/db", SecretString="s3cr3t-db")
     r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "db/password", "ref": f"{name}/db"}]))
@@ -23,6 +37,7 @@ def test_string_secret_is_written_with_default_mode(moto, imds, outdir, name, bo
     assert "done: 1 secret(s)" in r.stderr
 
 
+@on_moto_and_localstack
 def test_binary_secret(moto, imds, outdir, name, bootsecrets):
     blob = bytes(range(256))
     moto.client("secretsmanager").create_secret(Name=f"{name}/bin", SecretBinary=blob)
@@ -31,6 +46,7 @@ def test_binary_secret(moto, imds, outdir, name, bootsecrets):
     assert (outdir / "blob").read_bytes() == blob
 
 
+@on_moto_and_localstack
 def test_json_key_and_base64(moto, imds, outdir, name, bootsecrets):
     doc = {"username": "kube", "password": 'p"w\\d', "cert": base64.b64encode(b"\x00\x01DER").decode()}
     moto.client("secretsmanager").create_secret(Name=f"{name}/json", SecretString=json.dumps(doc))
@@ -45,6 +61,7 @@ def test_json_key_and_base64(moto, imds, outdir, name, bootsecrets):
     assert (outdir / "cert.der").read_bytes() == b"\x00\x01DER"
 
 
+@on_moto_and_localstack
 def test_lookup_by_arn(moto, imds, outdir, name, bootsecrets):
     arn = moto.client("secretsmanager").create_secret(Name=f"{name}/arn", SecretString="by-arn")["ARN"]
     assert arn.startswith("arn:aws:secretsmanager:")
@@ -53,6 +70,7 @@ def test_lookup_by_arn(moto, imds, outdir, name, bootsecrets):
     assert (outdir / "x").read_bytes() == b"by-arn"
 
 
+@on_moto_and_localstack
 def test_version_stage_and_version_id(moto, imds, outdir, name, bootsecrets):
     sm = moto.client("secretsmanager")
     v1 = sm.create_secret(Name=f"{name}/rot", SecretString="old")["VersionId"]
@@ -69,6 +87,7 @@ def test_version_stage_and_version_id(moto, imds, outdir, name, bootsecrets):
     assert f"version {v1}" in r.stderr
 
 
+@on_moto_and_localstack
 def test_region_comes_from_the_instance_identity_document(moto, imds_factory, outdir, name, bootsecrets):
     imds = imds_factory(region="eu-west-3")
     moto.client("secretsmanager", region="eu-west-3").create_secret(Name=f"{name}/r", SecretString="paris")
@@ -78,6 +97,7 @@ def test_region_comes_from_the_instance_identity_document(moto, imds_factory, ou
     assert any(p == "/latest/dynamic/instance-identity/document" for _, p, _ in imds.requests)
 
 
+@on_moto_and_localstack
 def test_missing_secret_fails_and_writes_nothing(moto, imds, outdir, name, bootsecrets):
     moto.client("secretsmanager").create_secret(Name=f"{name}/ok", SecretString="fine")
     r = bootsecrets(aws_manifest(outdir, imds, moto, [
@@ -187,6 +207,7 @@ def test_backend_down_is_transient_and_bounded(moto, imds, outdir, name, bootsec
     assert "cannot reach Secrets Manager: connection refused" in r.stderr, r
 
 
+@on_moto_and_localstack
 def test_many_secrets_concurrently(moto, imds, outdir, name, bootsecrets):
     sm = moto.client("secretsmanager")
     for i in range(12):
@@ -217,6 +238,7 @@ def test_plain_http_endpoint_off_loopback_needs_allow_http(moto, imds, outdir, b
     assert r.code == 0, r
 
 
+@on_moto_and_localstack
 def test_backend_that_comes_up_late_is_waited_for(moto, imds, outdir, name, bootsecrets):
     """Secrets Manager behind a proxy that drops connections for its first 3 seconds."""
     from support.proxy import LateProxy
@@ -235,6 +257,7 @@ def test_backend_that_comes_up_late_is_waited_for(moto, imds, outdir, name, boot
     assert "transient" in r.stderr and "retrying" in r.stderr, r
 
 
+@on_moto_and_localstack
 def test_size_limits_refuse_oversize_values_and_responses(moto, imds, outdir, name, bootsecrets):
     sm = moto.client("secretsmanager")
     sm.create_secret(Name=f"{name}/big", SecretString="x" * 300)

@@ -19,17 +19,30 @@ Knobs: `not_assigned_for` (seconds during which every token request gets 400 Ide
 503), `down=True` (the port refuses connections). Counters: `issued` (token -> claims),
 `handed_out` (every token, for leak checks), `requests`.
 
-KeyVaultDouble (TLS with a test CA, host name `NAME.vault.azure.net`):
+KeyVaultDouble (TLS with a test CA, host name `NAME.vault.azure.net`; on port 443 in a network
+namespace, support/netns.py, the Key Vault SDK's challenge check passes as it does in Azure):
 * `GET /secrets/{name}[/{version}]?api-version=V`: a request without a bearer token gets 401 with
   `WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/TENANT",
   resource="https://vault.azure.net"` and `{"error":{"code":"Unauthorized","message":"AKV10000..."}}`;
   a token this IMDS double did not issue, or issued for another audience, gets 401 too.
-  Missing or unknown api-version -> 400.
+  Missing or unknown api-version -> 400 BadParameter; the versions Key Vault serves for secrets
+  are accepted (2016-10-01, 7.0 to 7.6, 2025-07-01, and 2026-04-01, the SDK's default today).
 * 200 `{"value","id":"https://HOST/secrets/NAME/VERSION","attributes":{...},"contentType"?,"tags"}`;
   404 SecretNotFound; 403 `innererror.code` SecretDisabled (a disabled version), ForbiddenByRbac
   (the caller's oid has no role: see `allow_only`), AccessDenied (access policy); `fail_first`
   as above.
 The signer's public key is `public_pem()` on both doubles, for Vault's jwt logins.
+
+What the doubles leave out (tests/integration/test_vendor_clients.py holds them to the official
+azure-identity and azure-keyvault-secrets clients for what they do serve):
+* IMDS: every path but the token and `instance/compute` (no `instance/network`, attested data,
+  scheduled events), the 410 "IMDS is restarting" answer, per-identity token caching (each
+  request mints a new token), `mi_res_id` (the App Service spelling; IMDS takes `msi_res_id`),
+  and the 5-requests-per-second throttle;
+* Key Vault: every operation but reading a secret (no set, list, delete, backup, keys or
+  certificates), CAE claims challenges, `x-ms-keyvault-*` response headers, `kid`/`managed`
+  (key-backed secrets), `exp`/`nbf` on attributes, and tenant checks (any token this IMDS
+  double issued for the vault's audience is accepted).
 """
 
 import secrets
@@ -44,7 +57,8 @@ IMDS_TOKEN_PATH = "/metadata/identity/oauth2/token"
 IMDS_COMPUTE_PATH = "/metadata/instance/compute"
 IMDS_API_VERSIONS = {"2018-02-01", "2019-08-01", "2019-11-01", "2020-06-01", "2020-09-01",
                      "2021-02-01", "2021-05-01", "2021-12-13", "2023-07-01"}
-KV_API_VERSIONS = {"7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01"}
+KV_API_VERSIONS = {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01",
+                   "2026-04-01"}
 
 
 class Identity:
@@ -169,7 +183,7 @@ class KeyVaultDouble(HttpDouble):
 
     @property
     def vault_url(self):
-        return f"https://{self.hostname}:{self.port}"
+        return f"https://{self.hostname}" + ("" if self.port == 443 else f":{self.port}")
 
     def set_secret(self, name, value: str, content_type=None, enabled=True) -> str:
         version = uuid.uuid4().hex

@@ -1,10 +1,18 @@
 """Faithful doubles of the GCE metadata server and of the Secret Manager REST API.
 
 GceMetadataDouble (plain http, like metadata.google.internal):
+* `GET /` -> 200 `computeMetadata/` and `GET /computeMetadata/` -> `v1/`, with the
+  `Metadata-Flavor: Google` answer header and no request header needed: how google-auth (and
+  gcloud) detect that they run on GCE, by a GET of `http://169.254.169.254/`.
 * every path under /computeMetadata/v1 needs `Metadata-Flavor: Google` (else 403) and is refused
   with 403 when it carries `X-Forwarded-For`; every answer carries `Metadata-Flavor: Google`.
-* `.../instance/service-accounts/{default|EMAIL}/token` -> `{"access_token","expires_in",
-  "token_type":"Bearer"}`; an unknown account -> 404.
+* `.../instance/service-accounts/` lists the accounts (`default/` and each email, with a slash);
+  `.../instance/service-accounts/{default|EMAIL}/` lists an account's entries, and with
+  `?recursive=true` answers JSON `{"aliases":["default"],"email","scopes":[...]}` (what
+  google-auth's compute_engine credentials read first); `.../{SA}/email`, `.../{SA}/scopes`,
+  `.../{SA}/aliases` (text).
+* `.../instance/service-accounts/{default|EMAIL}/token[?scopes=A,B]` -> `{"access_token",
+  "expires_in","token_type":"Bearer"}`; an unknown account -> 404.
 * `.../instance/service-accounts/{SA}/identity?audience=A[&format=full]` -> an RS256 JWT signed by
   `signer` (tests/support/jwt.py): iss https://accounts.google.com, aud = A, azp and sub = the
   account's unique id, email, email_verified; with format=full a `google.compute_engine` claim
@@ -12,10 +20,18 @@ GceMetadataDouble (plain http, like metadata.google.internal):
   No audience -> 400.
 * `/project/project-id`, `/project/numeric-project-id`, `/universe/universe-domain` (text).
 Knobs: `down=True` (port refuses connections), `stall=SECONDS` (connections are accepted and
-never answered for that long), `fail_first=(status, n)` (first n answers are that status).
+never answered for that long), `fail_first=(status, n)` (first n answers are that status),
+`netns` (the listening socket is made in that network namespace: support/netns.py).
 Counters: `tokens` (access token -> email), `handed_out` (every token), `requests`.
+What it leaves out: every other metadata path (instance attributes, network interfaces, disks,
+project attributes, ssh keys), `recursive=true` anywhere but an account, `?alt=json|text`,
+`?wait_for_change` (hanging gets) and ETags, the 301 that adds a directory's missing slash,
+`licenses=TRUE` on identity tokens, scope checks (a token for any scopes is handed out), bound
+tokens (mTLS and the Agent Identity POST), and the metadata server's rate limits.
 
-SecretManagerDouble (plain http on 127.0.0.1; the real one is https):
+SecretManagerDouble (plain http on 127.0.0.1 for the bootsecrets tests; with `tls=` on 443 in a
+network namespace for the official client, which talks to https://secretmanager.googleapis.com
+and its regional https://secretmanager.LOCATION.rep.googleapis.com):
 * `GET /v1/projects/{P}/secrets/{S}/versions/{V}:access` and
   `GET /v1/projects/{P}/locations/{L}/secrets/{S}/versions/{V}:access` with `Authorization: Bearer T`
   where T is an access token the metadata double issued (else 401 UNAUTHENTICATED). P may be the
@@ -25,6 +41,10 @@ SecretManagerDouble (plain http on 127.0.0.1; the real one is https):
   `wrong_crc=True`); errors `{"error":{"code","message","status"}}`: 404 NOT_FOUND, 403
   PERMISSION_DENIED (`deny(email)`), 400 FAILED_PRECONDITION (disabled version), 503 UNAVAILABLE
   for the first `unavailable_first` requests, 429 RESOURCE_EXHAUSTED for `throttled_first`.
+What it leaves out: every method but `versions:access` (no secret or version management, no
+`GET` of a secret's metadata, no listing), the `$alt`/`$fields` query parameters (ignored), the
+`error.details` list (ErrorInfo with reason and domain), gRPC (REST only), CMEK, and the
+location check of regional secrets against the endpoint they were asked of.
 """
 
 import base64
@@ -67,6 +87,8 @@ class GceMetadataDouble(HttpDouble):
         self.stall = stall
         self.fail_first = fail_first
         self.tokens = {}      # access token -> email
+        self.token_scopes = {}  # access token -> the scopes it was asked for
+        self.scopes = ["https://www.googleapis.com/auth/cloud-platform"]
         self.handed_out = []
 
     def public_pem(self) -> str:
@@ -85,6 +107,9 @@ class GceMetadataDouble(HttpDouble):
             time.sleep(self.stall)
             return None
         flavor = [("Metadata-Flavor", "Google"), ("Server", "Metadata Server for VM")]
+        if req.path in ("/", "/computeMetadata/"):  # GCE detection: no request header needed
+            return 200, "computeMetadata/\n" if req.path == "/" else "v1/\n", \
+                [("Content-Type", "application/text"), *flavor]
         if not req.path.startswith(ROOT):
             return 404, "Not Found", flavor
         if req.headers.get("metadata-flavor") != "Google" or "x-forwarded-for" in req.headers:
@@ -102,16 +127,28 @@ class GceMetadataDouble(HttpDouble):
         if path == "/universe/universe-domain":
             return 200, "googleapis.com", text
         prefix = "/instance/service-accounts/"
+        if path == prefix:
+            return 200, "".join(f"{a}/\n" for a in ["default", *self.accounts.values()]), text
         if path.startswith(prefix):
-            sa, _, leaf = path[len(prefix):].partition("/")
+            sa, slash, leaf = path[len(prefix):].partition("/")
             email = self._account(sa)
-            if email is None:
+            if email is None or not slash:
                 return 404, "Not Found", text
+            aliases = ["default"] if email == self.default_email else []
+            if leaf == "":
+                if req.query.get("recursive", "").lower() == "true":
+                    return 200, {"aliases": aliases, "email": email, "scopes": self.scopes}, flavor
+                return 200, "aliases\nemail\nidentity\nscopes\ntoken\n", text
+            if leaf == "aliases":
+                return 200, "".join(f"{a}\n" for a in aliases), text
+            if leaf == "scopes":
+                return 200, "".join(f"{sc}\n" for sc in self.scopes), text
             if leaf == "token":
                 tok = "ya29.test-" + secrets.token_urlsafe(48)
                 with self.lock:
                     self.tokens[tok] = email
                     self.handed_out.append(tok)
+                    self.token_scopes[tok] = req.query.get("scopes", ",".join(self.scopes)).split(",")
                 return 200, {"access_token": tok, "expires_in": 3599, "token_type": "Bearer"}, flavor
             if leaf == "identity":
                 audience = req.query.get("audience")

@@ -1,10 +1,14 @@
 """The common part of the HTTP doubles: a threaded server on 127.0.0.1 that can be down (the port
-is bound but refuses connections), serve TLS, and record every request."""
+is bound but refuses connections), serve TLS, and record every request. With `netns` (a
+support.netns.NetNs) its listening socket is made in that network namespace, where it may take
+169.254.169.254:80 or 127.0.0.1:443 as the real services do; it is still served from the host's
+threads."""
 
 import json
 import socket
 import ssl
 import threading
+from contextlib import nullcontext
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
@@ -28,8 +32,10 @@ class HttpDouble:
 
     scheme = "http"
 
-    def __init__(self, host="127.0.0.1", port=None, down=False, tls: ssl.SSLContext | None = None):
+    def __init__(self, host="127.0.0.1", port=None, down=False, tls: ssl.SSLContext | None = None,
+                 netns=None):
         self.host = host
+        self.netns = netns
         self.port = port or free_port()
         self.tls = tls
         self.down = down
@@ -68,7 +74,8 @@ class HttpDouble:
             def handle_error(self, request, client_address):
                 pass  # a client that hangs up or fails the TLS handshake is not our problem
 
-        self.server = Server((self.host, self.port), Handler, bind_and_activate=False)
+        with self.netns.inside() if self.netns else nullcontext():
+            self.server = Server((self.host, self.port), Handler, bind_and_activate=False)
         self.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.server.server_bind()  # bound: the port is ours, but refuses connections until listen()
         if self.tls:
