@@ -315,6 +315,28 @@ impl TokenCredential for ImdsToken {
 pub struct AzureBackend {
     client: SecretClient,
     resource: String,
+    /// For messages: the vault, and which identity asked.
+    vault_url: String,
+    identity: String,
+}
+
+/// The identity a backend uses, as its messages name it.
+fn identity_shown(cfg: &AzureConfig) -> String {
+    use crate::identity::azure_imds::UserAssignedId as U;
+    match &cfg.imds.identity {
+        None => "the VM's system-assigned managed identity".to_string(),
+        Some(U::ClientId(v)) => format!("the user-assigned identity with client_id {v}"),
+        Some(U::ObjectId(v)) => format!("the user-assigned identity with object_id {v}"),
+        Some(U::ResourceId(v)) => format!("the user-assigned identity {v}"),
+    }
+}
+
+/// The HTTP status of a failed call, if the vault answered.
+fn status_of(err: &azure_core::Error) -> Option<u16> {
+    match err.kind() {
+        ErrorKind::HttpResponse { status, .. } => Some(u16::from(*status)),
+        _ => None,
+    }
 }
 
 fn http_client(cfg: &AzureConfig) -> Result<reqwest::Client, FetchError> {
@@ -393,6 +415,8 @@ impl AzureBackend {
         Ok(AzureBackend {
             client,
             resource: cfg.resource.clone(),
+            vault_url: cfg.vault_url.clone(),
+            identity: identity_shown(cfg),
         })
     }
 
@@ -406,7 +430,20 @@ impl AzureBackend {
             .client
             .get_secret(&r.name, Some(options))
             .await
-            .map_err(|e| classify(&e, &self.resource))?
+            .map_err(|e| {
+                let mut f = classify(&e, &self.resource);
+                let (vault, who) = (&self.vault_url, &self.identity);
+                match status_of(&e) {
+                    Some(403) => f.message += &format!(" (vault {vault}, asked by {who})"),
+                    Some(404) => {
+                        f.message += &format!(" in vault {vault}: check `ref` (and `version`)")
+                    }
+                    Some(401) => f.message += &format!(" (vault {vault}, {who})"),
+                    _ if f.is_transient() => f.message += &format!(" ({vault})"),
+                    _ => {}
+                }
+                f
+            })?
             .into_model()
             .map_err(|_| FetchError::permanent("the vault's answer is not a secret bundle"))?;
         let version = secret

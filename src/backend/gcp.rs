@@ -327,6 +327,8 @@ impl CredentialsProvider for MetadataToken {
 pub struct GcpBackend {
     client: SecretManagerService,
     project: String,
+    /// For messages: the service account's email, or its name on the metadata server.
+    account: String,
 }
 
 impl GcpBackend {
@@ -383,7 +385,16 @@ impl GcpBackend {
                     cfg.endpoint
                 )))
             })?;
-        Ok(GcpBackend { client, project })
+        // Best effort, for messages only: the metadata server just answered.
+        let account = match cfg.metadata.email().await {
+            Ok(email) => email,
+            Err(_) => format!("`{}` on the metadata server", cfg.metadata.service_account),
+        };
+        Ok(GcpBackend {
+            client,
+            project,
+            account,
+        })
     }
 
     /// One AccessSecretVersion attempt. The payload's CRC32C is verified when the service sends
@@ -395,7 +406,26 @@ impl GcpBackend {
             .set_name(r.name(&self.project))
             .send()
             .await
-            .map_err(|e| classify(&e))?;
+            .map_err(|e| {
+                let mut f = classify(&e);
+                let (project, account) = (&self.project, &self.account);
+                match e.status().map(|s| s.code) {
+                    Some(Code::PermissionDenied) => {
+                        f.message += &format!(
+                            ": grant {account} roles/secretmanager.secretAccessor on it (project \
+                             {project})"
+                        )
+                    }
+                    Some(Code::NotFound) => {
+                        f.message += &format!(
+                            " in project {project}: check `ref` (and `location` for a regional \
+                             secret)"
+                        )
+                    }
+                    _ => {}
+                }
+                f
+            })?;
         let version = out
             .name
             .rsplit_once("/versions/")
@@ -444,11 +474,7 @@ fn classify(err: &google_cloud_gax::error::Error) -> FetchError {
         let code = status.code;
         let (transient, what) = match code {
             Code::NotFound => (false, "not found"),
-            Code::PermissionDenied => (
-                false,
-                "permission denied (the service account needs roles/secretmanager.secretAccessor \
-                 on the secret)",
-            ),
+            Code::PermissionDenied => (false, "permission denied"),
             Code::FailedPrecondition => (false, "the secret version is disabled or destroyed"),
             Code::Unauthenticated => (false, "the access token was rejected"),
             Code::InvalidArgument | Code::OutOfRange => {

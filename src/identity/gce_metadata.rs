@@ -169,6 +169,22 @@ impl GceMetadataSettings {
         Ok(SecretString::new(text.to_string()))
     }
 
+    /// One attempt at the service account's email (for messages: which account was denied).
+    pub async fn email(&self) -> Result<String, FetchError> {
+        let what = self.what(&format!(
+            "email of service account `{}`",
+            self.service_account
+        ));
+        let body = self.get(&self.sa_path("email"), &[], &what).await?;
+        let email = std::str::from_utf8(&body).unwrap_or("").trim();
+        if !valid_service_account(email) || !email.contains('@') {
+            return Err(FetchError::permanent(format!(
+                "{what}: the answer is not an email"
+            )));
+        }
+        Ok(email.to_string())
+    }
+
     /// One attempt at the project id.
     pub async fn project_id(&self) -> Result<String, FetchError> {
         let what = self.what("project id");

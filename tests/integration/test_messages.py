@@ -71,3 +71,61 @@ def test_a_region_whose_endpoint_does_not_resolve_says_so(imds, outdir, bootsecr
 
 class Unreachable:
     url = "unused"
+
+
+def test_vault_denied_and_missing_name_the_vault_and_the_policy_path(bao, outdir, credfile,
+                                                                      bootsecrets):
+    """Vault: the address, and the exact path a policy must grant `read` on (KV v2's `data/`)."""
+    import uuid
+
+    from conftest import vault_manifest
+
+    mount = f"kv-{uuid.uuid4().hex[:8]}"
+    bao.enable_kv(mount, 2)
+    bao.put(mount, "node/db", {"password": "x"})
+    tok = bao.token(["default"])  # may not read the mount
+    auth = {"method": "token", "token_file": str(credfile("t", tok + "\n"))}
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, [
+        {"path": "f", "ref": "node/db", "mount": mount, "kv_version": 2}]))
+    assert r.code == 1, r
+    assert (f"permission denied (403): the token is invalid or its policies do not allow this at "
+            f"{bao.url}: the token's policies must grant `read` on `{mount}/data/node/db`") in r.stderr, r
+    bao.read_policy(mount, f"{mount}/data/*")
+    tok = bao.token([mount])
+    auth = {"method": "token", "token_file": str(credfile("t2", tok + "\n"))}
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, [
+        {"path": "f", "ref": "node/absent", "mount": mount, "kv_version": 2}]))
+    assert r.code == 1, r
+    assert (f"not found (404) at {bao.url}: no secret at `{mount}/data/node/absent`; check `ref`"
+            in r.stderr), r
+
+
+def test_azure_denied_and_missing_name_the_vault_and_the_identity(azure_imds, key_vault, outdir,
+                                                                  bootsecrets):
+    from conftest import azure_manifest
+
+    key_vault.set_secret("db", "v")
+    r = bootsecrets(azure_manifest(outdir, azure_imds, key_vault, [{"path": "x", "ref": "nope"}]))
+    assert r.code == 1, r
+    assert (f"not found (SecretNotFound, HTTP 404) in vault {key_vault.vault_url}: check `ref`"
+            in r.stderr), r
+    key_vault.allow_only("00000000-0000-0000-0000-000000000000")
+    r = bootsecrets(azure_manifest(outdir, azure_imds, key_vault, [{"path": "x", "ref": "db"}]))
+    assert r.code == 1, r
+    assert (f"(ForbiddenByRbac, HTTP 403) (vault {key_vault.vault_url}, asked by the VM's "
+            "system-assigned managed identity)") in r.stderr, r
+
+
+def test_gcp_denied_and_missing_name_the_project_and_the_account(gce_metadata, secret_manager,
+                                                                  outdir, bootsecrets):
+    from conftest import gcp_manifest
+
+    r = bootsecrets(gcp_manifest(outdir, gce_metadata, secret_manager, [{"path": "x", "ref": "nope"}]))
+    assert r.code == 1, r
+    assert ("not found (NOT_FOUND, HTTP 404) in project bootsecrets-test: check `ref` (and "
+            "`location`" in r.stderr), r
+    secret_manager.deny(gce_metadata.default_email)
+    r = bootsecrets(gcp_manifest(outdir, gce_metadata, secret_manager, [{"path": "x", "ref": "nope"}]))
+    assert r.code == 1, r
+    assert (f"permission denied (PERMISSION_DENIED, HTTP 403): grant {gce_metadata.default_email} "
+            "roles/secretmanager.secretAccessor on it (project bootsecrets-test)") in r.stderr, r

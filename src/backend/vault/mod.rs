@@ -259,6 +259,8 @@ impl VaultSecretRef {
 pub struct VaultBackend {
     name: String,
     api: Api,
+    /// For messages: the namespace requests go to.
+    namespace: Option<String>,
     client: VaultClient,
     revoke: bool,
     /// Detected (mount, KV version) per secret path, so a retry does not ask again.
@@ -337,6 +339,7 @@ impl VaultBackend {
         client.set_token(token.expose());
         Ok(VaultBackend {
             name: name.to_string(),
+            namespace: cfg.namespace.clone(),
             api: api.with_token(token),
             client,
             revoke: cfg.revoke_token,
@@ -450,6 +453,31 @@ impl VaultBackend {
         Ok((mount, version))
     }
 
+    /// A failed KV read, with what it takes to fix it: which Vault, and the policy path the token
+    /// needs `read` on (for KV v2 the `data/` path, which is what a policy must name).
+    fn read_error(&self, resp: &http::Response, what: &str, url_path: &str) -> FetchError {
+        let mut e = resp.error(what);
+        let path = url_path.split('?').next().unwrap_or(url_path);
+        let at = match &self.namespace {
+            Some(n) => format!("{} (namespace `{n}`)", self.api.base_url()),
+            None => self.api.base_url().to_string(),
+        };
+        match resp.code {
+            403 => {
+                e.message += &format!(
+                    " at {at}: the token's policies must grant `read` on `{path}` (a policy \
+                     `path \"{path}\" {{ capabilities = [\"read\"] }}`)"
+                )
+            }
+            404 => {
+                e.message += &format!(" at {at}: no secret at `{path}`; check `ref` (and `mount`)")
+            }
+            _ if e.class == crate::error::Class::Transient => e.message += &format!(" at {at}"),
+            _ => {}
+        }
+        e
+    }
+
     /// One read attempt; the caller retries transient errors.
     pub async fn fetch(&self, r: &VaultSecretRef) -> Result<(Secret, Option<String>), FetchError> {
         let (mount, inner, kv) = self.mount_of(r).await?;
@@ -473,7 +501,7 @@ impl VaultBackend {
         let (data, version) = match kv {
             1 => {
                 if resp.status != Status::Ok {
-                    return Err(resp.error(&what));
+                    return Err(self.read_error(&resp, &what, &url_path));
                 }
                 let b: KvBody<'_> = serde_json::from_slice(body).map_err(|_| unreadable())?;
                 (b.data, None)
@@ -501,7 +529,7 @@ impl VaultBackend {
                             )));
                         }
                     }
-                    return Err(resp.error(&what));
+                    return Err(self.read_error(&resp, &what, &url_path));
                 }
                 let inner = inner.ok_or_else(unreadable)?;
                 (
