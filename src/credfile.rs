@@ -212,6 +212,39 @@ pub fn safe_search_path(candidates: &[&str]) -> String {
     kept.join(":")
 }
 
+/// Reads a credential that is not one printable word (a PEM private key), at most `max` bytes,
+/// into a zeroizing buffer allocated once; the file must pass the credential checks.
+pub fn read_credential_bytes(
+    what: &str,
+    path: &str,
+    max: u64,
+) -> Result<Zeroizing<Vec<u8>>, FetchError> {
+    let (_, mut f, st) = open_checked(what, Path::new(path)).map_err(FetchError::permanent)?;
+    check_stat(&st, Kind::Credential, path)
+        .map_err(|e| FetchError::permanent(format!("{what} `{path}` {e}")))?;
+    let mut buf = Zeroizing::new(vec![0u8; max as usize + 1]);
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(FetchError::permanent(format!(
+                    "{what} `{path}` cannot be read: {e}"
+                )));
+            }
+        }
+    }
+    if n as u64 > max {
+        return Err(FetchError::permanent(format!(
+            "{what} `{path}` is larger than {max} bytes"
+        )));
+    }
+    buf.truncate(n);
+    Ok(buf)
+}
+
 /// Largest CA bundle read.
 pub const MAX_CA_BUNDLE: u64 = 1024 * 1024;
 

@@ -85,6 +85,7 @@ pub enum VaultAuthEntry {
     Aws(VaultAwsAuth),
     Azure(VaultAzureAuth),
     Gcp(VaultGcpAuth),
+    Cert(VaultCertAuth),
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +135,17 @@ pub struct VaultAzureAuth {
     pub object_id: Option<String>,
     pub resource_id: Option<String>,
     pub imds_endpoint: Option<String>,
+}
+
+/// `method = "cert"`: a TLS client certificate the node holds (Vault's cert auth method).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultCertAuth {
+    pub mount: Option<String>,
+    /// The certificate role (`auth/cert/certs/NAME`); Vault tries every role when unset.
+    pub name: Option<String>,
+    pub cert_file: String,
+    pub key_file: String,
 }
 
 /// `method = "gcp"`: the GCE metadata server's identity token for `vault/ROLE`.

@@ -520,3 +520,64 @@ def test_gcp_login_with_the_instance_identity_token(bao, kv, gce_metadata, outdi
     auth["role"] = "other"
     r = bootsecrets(vault_manifest(outdir, bao.url, auth, [{"path": "v", "ref": f"{kv}/k"}]))
     assert r.code == 1 and "login with gcp" in r.stderr and r.elapsed < 15, r
+
+
+def client_certificate(common_name):
+    """A self-signed TLS client certificate and its key (PEM), as a node's enrollment would
+    provision them."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()).decode())
+
+
+def test_cert_login_with_a_per_node_certificate(bao_factory, outdir, credfile, bootsecrets):
+    """Vault's cert method: the node proves itself with a TLS client certificate it holds (no
+    secret_id in user data); the token it gets is revoked after the run."""
+    b = bao_factory(tls=True)
+    mount = f"kv-{uuid.uuid4().hex[:8]}"
+    b.enable_kv(mount, 2)
+    b.put(mount, "node/db", {"password": "cert-login-value"})
+    b.read_policy(mount, f"{mount}/data/*")
+    cert, key = client_certificate("node-1.example.internal")
+    b.api("POST", "sys/auth/cert", {"type": "cert"})
+    b.api("POST", "auth/cert/certs/node", {"certificate": cert, "token_policies": [mount],
+                                           "allowed_common_names": ["node-1.example.internal"]})
+    before = accessors(b)
+    node_key = credfile("node.key", key)
+    auth = {"method": "cert", "name": "node", "cert_file": str(credfile("node.crt", cert, 0o644)),
+            "key_file": str(node_key)}
+    m = vault_manifest(outdir, b.url, auth, [{"path": "db", "ref": f"{mount}/node/db", "field": "password"}],
+                       backend_extra=f'ca_file = "{b.ca_file}"')
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert (outdir / "db").read_bytes() == b"cert-login-value"
+    assert accessors(b) == before, "the login's token is revoked after the run"
+    # A certificate Vault does not trust: refused, permanently, without retrying.
+    other_cert, other_key = client_certificate("node-1.example.internal")
+    auth.update(cert_file=str(credfile("other.crt", other_cert, 0o644)),
+                key_file=str(credfile("other.key", other_key)))
+    r = bootsecrets(vault_manifest(outdir, b.url, auth, [{"path": "db", "ref": f"{mount}/node/db"}],
+                                   backend_extra=f'ca_file = "{b.ca_file}"',
+                                   settings="deadline_seconds = 30"))
+    assert r.code == 1 and "login with cert at auth/cert" in r.stderr, r
+    assert r.elapsed < 15, r
+    # The key is a credential: readable by others, it is refused before any request.
+    node_key.chmod(0o644)
+    r = bootsecrets(m, command="check")
+    assert r.code == 2 and "holds a credential but is readable by others" in r.stderr, r

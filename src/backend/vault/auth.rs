@@ -78,6 +78,13 @@ pub enum AuthConfig {
         role: String,
         metadata: GceMetadataSettings,
     },
+    /// A TLS client certificate: the HTTPS client presents it, the login names the role.
+    Cert {
+        mount: String,
+        name: Option<String>,
+        cert_file: String,
+        key_file: String,
+    },
 }
 
 fn mount(m: &Option<String>, default: &str, errors: &mut Vec<String>) -> String {
@@ -287,6 +294,18 @@ pub fn plan(e: &VaultAuthEntry, _env: EnvLookup<'_>) -> Result<AuthConfig, Vec<S
                 },
             }
         }
+        VaultAuthEntry::Cert(c) => {
+            if let Err(e) = credfile::check("auth cert_file", &c.cert_file, credfile::Kind::Trusted)
+            {
+                errors.push(e);
+            }
+            AuthConfig::Cert {
+                mount: mount(&c.mount, "cert", &mut errors),
+                name: role(&c.name, false, &mut errors),
+                cert_file: c.cert_file.clone(),
+                key_file: cred_file("key_file", &c.key_file, &mut errors),
+            }
+        }
     };
     if errors.is_empty() {
         Ok(cfg)
@@ -318,6 +337,7 @@ impl AuthConfig {
             AuthConfig::Aws { .. } => "aws",
             AuthConfig::Azure { .. } => "azure",
             AuthConfig::Gcp { .. } => "gcp",
+            AuthConfig::Cert { .. } => "cert",
         }
     }
 
@@ -411,6 +431,15 @@ impl AuthConfig {
             } => format!(
                 "gcp at auth/{mount}, role {role}, identity token (audience vault/{role}) of service account {} from {}",
                 metadata.service_account, metadata.endpoint
+            ),
+            AuthConfig::Cert {
+                mount,
+                name,
+                cert_file,
+                ..
+            } => format!(
+                "cert at auth/{mount}, role {}, client certificate {cert_file}",
+                name.as_deref().unwrap_or("(any role the certificate matches)")
             ),
         }
     }
@@ -558,6 +587,18 @@ pub async fn login(
                 .await
                 .map_err(|e| classify_vaultrs(&e, &what))?;
             take_token(info, &what)
+        }
+        AuthConfig::Cert { mount, name, .. } => {
+            // The certificate itself went with the TLS handshake (see `Api::new`).
+            let what = format!("login with cert at auth/{mount}");
+            let body = match name {
+                Some(n) => serde_json::json!({ "name": n }),
+                None => serde_json::json!({}),
+            };
+            let resp = api
+                .post(&format!("auth/{mount}/login"), body.to_string().into_bytes(), None, &what)
+                .await?;
+            login_answer(&resp, &what)
         }
     }
 }

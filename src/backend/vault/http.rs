@@ -198,6 +198,39 @@ impl Api {
             }
             b = b.tls_certs_only(certs);
         }
+        if let super::auth::AuthConfig::Cert {
+            cert_file,
+            key_file,
+            ..
+        } = &cfg.auth
+        {
+            // The client certificate and its key, as one PEM for the TLS handshake. The key is a
+            // credential (its file checked as one); rustls keeps its own parsed copy.
+            let mut pem = Zeroizing::new(
+                crate::credfile::read_trusted_bytes(
+                    "auth cert_file",
+                    std::path::Path::new(cert_file),
+                    crate::credfile::MAX_CA_BUNDLE,
+                )
+                .map_err(FetchError::permanent)?,
+            );
+            let key = crate::credfile::read_credential_bytes(
+                "auth key_file",
+                key_file,
+                crate::credfile::MAX_LEN,
+            )?;
+            pem.reserve_exact(key.len() + 1);
+            pem.push(b'\n');
+            pem.extend_from_slice(&key);
+            drop(key);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|_| {
+                FetchError::permanent(format!(
+                    "auth cert_file `{cert_file}` and key_file `{key_file}` are not a PEM \
+                     certificate and its private key"
+                ))
+            })?;
+            b = b.identity(identity);
+        }
         let mut base = url.clone();
         if let Some(name) = &cfg.tls_server_name {
             let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']);
