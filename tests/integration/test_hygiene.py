@@ -22,7 +22,7 @@ def test_running_process_has_core_dumps_off_and_clean_argv_env(moto, imds_factor
             time.sleep(0.05)
             # Past the sandbox's own steps (unshare, sh, setpriv exec in the same process): the
             # binary itself, after its first steps (hardening runs first thing).
-            if open(f"/proc/{proc.pid}/comm").read().strip() == "bootsecrets":
+            if open(f"/proc/{proc.pid}/comm").read().strip() == BIN.name[:15]:
                 time.sleep(0.2)
                 limits = open(f"/proc/{proc.pid}/limits").read()
                 break
@@ -68,7 +68,7 @@ def test_process_is_non_dumpable(moto, imds_factory, name):
                 time.sleep(0.05)
                 status = open(f"/proc/{proc.pid}/status").read()
                 uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-                if uid_line.split()[1] == "65534" and "bootsecrets" in open(f"/proc/{proc.pid}/comm").read():
+                if uid_line.split()[1] == "65534" and BIN.name[:15] in open(f"/proc/{proc.pid}/comm").read():
                     time.sleep(0.3)  # past startup: hardening runs first thing
                     owner = os.stat(f"/proc/{proc.pid}/environ").st_uid
                     break
