@@ -164,3 +164,102 @@ fn exit_codes_are_documented() {
         assert!(doc.contains(&format!("| {code} |")), "exit code {code}");
     }
 }
+
+/// The fenced block of `lang` that follows `marker` in `doc`.
+fn block_after<'a>(doc: &'a str, marker: &str, lang: &str) -> &'a str {
+    let at = doc.find(marker).unwrap_or_else(|| panic!("no {marker:?}"));
+    let open = format!("```{lang}\n");
+    let start = doc[at..].find(&open).unwrap() + at + open.len();
+    let end = doc[start..].find("```").unwrap() + start;
+    &doc[start..end]
+}
+
+#[test]
+fn the_check_sample_is_what_check_prints_for_the_complete_example() {
+    let doc = read("docs/manifest.md");
+    let example = block_after(&doc, "## A complete example", "toml");
+    let sample = block_after(&doc, "Run `bootsecrets check` to see the plan:", "text");
+    // Offline, as `check --offline` validates: the example's users and groups live on a node.
+    bootsecrets::settings::set_offline();
+    let plan = bootsecrets::plan::Plan::build(
+        &bootsecrets::manifest::parse(example).expect("the complete example parses"),
+        &|_| None,
+    )
+    .expect("the complete example is valid");
+    let printed = plan.describe();
+    let printed: Vec<&str> = printed.lines().collect();
+    for line in sample.lines() {
+        if line.trim() == "..." || line.starts_with("manifest ") {
+            continue;
+        }
+        assert!(
+            printed.contains(&line),
+            "the sample's line {line:?} is not what check prints:\n{printed:#?}"
+        );
+    }
+    for line in printed.iter().filter(|l| !l.starts_with("  ")) {
+        assert!(
+            sample.lines().any(|s| s == *line),
+            "check prints {line:?}, missing from the sample"
+        );
+    }
+}
+
+/// Files the project ships to its users, which speak of the product only.
+fn shipped_docs() -> Vec<std::path::PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![
+        root.join("README.md"),
+        root.join("butane-snippets/README.md"),
+    ];
+    for dir in ["docs", "examples"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "md" || x == "toml") {
+                files.push(p);
+            }
+        }
+    }
+    files
+}
+
+#[test]
+fn the_docs_speak_of_the_product_only() {
+    let forbidden = [
+        ("issue ", "how the project was made (an issue)"),
+        ("the issue", "how the project was made (an issue)"),
+        ("/work/", "a path on the machine that built it"),
+        ("/tmp/fresh", "a path on the machine that built it"),
+        ("crates.md", "a file that is not in the repository"),
+        ("the seed", "how the project was made"),
+    ];
+    let mut found = Vec::new();
+    for f in shipped_docs() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_ascii_lowercase();
+            for (pat, why) in forbidden {
+                if lower.contains(pat) {
+                    found.push(format!("{}:{}: {why}: {line}", f.display(), n + 1));
+                }
+            }
+        }
+        // A key documented twice in one table reads as a contradiction.
+        let mut seen = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if line.trim().is_empty() || !line.starts_with('|') {
+                seen.clear();
+                continue;
+            }
+            if let Some(key) = line.strip_prefix("| `").and_then(|r| r.split('`').next())
+                && !seen.insert(key.to_string())
+            {
+                found.push(format!(
+                    "{}: `{key}` has two rows in one table",
+                    f.display()
+                ));
+            }
+        }
+    }
+    assert!(found.is_empty(), "{found:#?}");
+}
