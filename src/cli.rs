@@ -53,6 +53,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the Butane snippet or the Ignition config that installs bootsecrets on a node.
     Render(RenderArgs),
+    /// Check, on a node, everything a run needs and say what to fix (never reads a value).
+    Doctor(DoctorArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -83,6 +85,13 @@ pub struct RenderArgs {
     /// Also install bootsecrets-refresh.service and enable bootsecrets-refresh.timer (hourly refresh, on_change actions).
     #[arg(long)]
     pub refresh: bool,
+}
+
+#[derive(Debug, Default, Args)]
+pub struct DoctorArgs {
+    /// Print the findings as JSON (`{"healthy": bool, "checks": [...]}`) instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Default, Args)]
@@ -137,6 +146,40 @@ fn check(cli: &Cli, args: &CheckArgs) -> ExitCode {
             eprintln!("bootsecrets: error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bootsecrets: error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = rt.block_on(crate::doctor::run(
+        &cli.manifest,
+        &crate::doctor::Places::default(),
+    ));
+    rt.shutdown_background();
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("bootsecrets: error: cannot encode the report: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        print!("{}", report.human());
+    }
+    if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -216,6 +259,7 @@ pub fn main() -> ExitCode {
     match &cli.command {
         Some(Command::Check(args)) => check(&cli, args),
         Some(Command::Render(args)) => render_cmd(&cli, args),
+        Some(Command::Doctor(args)) => doctor(&cli, args),
         Some(Command::Run(args)) => run(&cli, args),
         None => run(&cli, &RunArgs::default()),
     }

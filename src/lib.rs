@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod cli;
 pub mod credfile;
+pub mod doctor;
 pub mod error;
 pub mod extract;
 #[cfg(any(feature = "azure", feature = "gcp", feature = "vault"))]

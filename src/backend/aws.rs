@@ -424,6 +424,73 @@ impl AwsBackend {
 }
 
 impl AwsBackend {
+    pub fn identity(&self) -> String {
+        format!(
+            "instance role `{}`, region {}, endpoint {}",
+            self.role, self.region, self.endpoint
+        )
+    }
+
+    /// DescribeSecret: the secret exists, is not scheduled for deletion, and carries the version
+    /// id or stage asked for (AWSCURRENT by default).
+    pub async fn probe(&self, r: &AwsSecretRef) -> Result<super::Probe, FetchError> {
+        let out = match self
+            .client
+            .describe_secret()
+            .secret_id(&r.secret_id)
+            .send()
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                let (f, reason) = classify_with_reason(&e);
+                if let Reason::Denied { .. } = reason {
+                    return Ok(super::Probe::NotAllowed(format!(
+                        "the instance role `{}` may not call secretsmanager:DescribeSecret, which \
+                         doctor uses to check a secret without reading it (a run needs only \
+                         secretsmanager:GetSecretValue)",
+                        self.role
+                    )));
+                }
+                return Err(self.explain(f, &reason));
+            }
+        };
+        if out.deleted_date().is_some() {
+            return Err(FetchError::permanent(format!(
+                "the secret is scheduled for deletion; cancel that with `aws secretsmanager \
+                 restore-secret --secret-id {}`",
+                r.secret_id
+            )));
+        }
+        let stages = out.version_ids_to_stages().cloned().unwrap_or_default();
+        let stage = r.version_stage.as_deref().unwrap_or("AWSCURRENT");
+        let found = match &r.version_id {
+            Some(id) => stages
+                .get(id)
+                .is_some_and(|s| r.version_stage.is_none() || s.iter().any(|x| x == stage)),
+            None => stages.values().any(|s| s.iter().any(|x| x == stage)),
+        };
+        if !found {
+            return Err(FetchError::permanent(match &r.version_id {
+                Some(id) if r.version_stage.is_some() => {
+                    format!("version `{id}` does not carry the stage `{stage}`")
+                }
+                Some(id) => format!("the secret has no version `{id}`"),
+                None => format!("no version of the secret carries the stage `{stage}`"),
+            }));
+        }
+        Ok(super::Probe::Found(format!(
+            "exists in region {} with {} version(s){}",
+            self.region,
+            stages.len(),
+            if out.kms_key_id().is_some() {
+                ", encrypted with a customer managed KMS key (the role needs kms:Decrypt on it)"
+            } else {
+                ""
+            }
+        )))
+    }
+
     /// Adds to a failure what it takes to fix it: the region and endpoint a secret was looked
     /// for in, the role and the action that were denied, the endpoint that did not answer.
     fn explain(&self, mut f: FetchError, reason: &Reason) -> FetchError {

@@ -420,6 +420,81 @@ impl AzureBackend {
         })
     }
 
+    pub fn identity(&self) -> String {
+        format!(
+            "{}, token for {}, vault {}",
+            self.identity, self.resource, self.vault_url
+        )
+    }
+
+    /// Lists the secret's versions (properties only, never a value): the version asked for, or
+    /// some version, exists and is enabled. Needs the `readMetadata` data action ("Key Vault
+    /// Secrets User" has it; an access policy needs `list`).
+    pub async fn probe(&self, r: &AzureSecretRef) -> Result<super::Probe, FetchError> {
+        use futures_util::StreamExt;
+        let explain = |e: &azure_core::Error| {
+            let mut f = classify(e, &self.resource);
+            if status_of(e) == Some(404) {
+                f.message += &format!(" in vault {}: check `ref`", self.vault_url);
+            }
+            f
+        };
+        let mut pager = self
+            .client
+            .list_secret_properties_versions(&r.name, None)
+            .map_err(|e| explain(&e))?;
+        let (mut total, mut enabled, mut wanted) = (0usize, 0usize, None);
+        while let Some(item) = pager.next().await {
+            let p = match item {
+                Ok(p) => p,
+                Err(e) if status_of(&e) == Some(403) => {
+                    return Ok(super::Probe::NotAllowed(format!(
+                        "{} may not list the secret's versions (readMetadata), which doctor uses \
+                         to check it without reading it (a run needs only getSecret)",
+                        self.identity
+                    )));
+                }
+                Err(e) => return Err(explain(&e)),
+            };
+            total += 1;
+            let on = p
+                .attributes
+                .as_ref()
+                .and_then(|a| a.enabled)
+                .unwrap_or(true);
+            enabled += usize::from(on);
+            let version = p.id.as_deref().and_then(|id| id.rsplit('/').next());
+            if let Some(v) = &r.version
+                && version == Some(v.as_str())
+            {
+                wanted = Some(on);
+            }
+            if total >= 10_000 {
+                break;
+            }
+        }
+        match (&r.version, wanted) {
+            (Some(v), None) => Err(FetchError::permanent(format!(
+                "version {v} does not exist in vault {}",
+                self.vault_url
+            ))),
+            (Some(v), Some(false)) => {
+                Err(FetchError::permanent(format!("version {v} is disabled")))
+            }
+            (None, _) if total == 0 => Err(FetchError::permanent(format!(
+                "the secret has no version in vault {}",
+                self.vault_url
+            ))),
+            (None, _) if enabled == 0 => Err(FetchError::permanent(
+                "every version of the secret is disabled",
+            )),
+            _ => Ok(super::Probe::Found(format!(
+                "exists in vault {} with {total} version(s), {enabled} enabled",
+                self.vault_url
+            ))),
+        }
+    }
+
     /// One get-secret attempt. The value moves into a [`Secret`] without a copy.
     pub async fn fetch(&self, r: &AzureSecretRef) -> Result<(Secret, Option<String>), FetchError> {
         let options = SecretClientGetSecretOptions {

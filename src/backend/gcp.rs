@@ -329,6 +329,7 @@ pub struct GcpBackend {
     project: String,
     /// For messages: the service account's email, or its name on the metadata server.
     account: String,
+    metadata: GceMetadataSettings,
 }
 
 impl GcpBackend {
@@ -394,7 +395,78 @@ impl GcpBackend {
             client,
             project,
             account,
+            metadata: cfg.metadata.clone(),
         })
+    }
+
+    pub fn identity(&self) -> String {
+        format!("service account {}, project {}", self.account, self.project)
+    }
+
+    /// What `doctor` can tell beyond the identity: access scopes that cannot reach Secret
+    /// Manager (the instance's scopes bound what its service account's token may do).
+    pub async fn diagnose(&self) -> Vec<String> {
+        const ENOUGH: [&str; 2] = [
+            "https://www.googleapis.com/auth/cloud-platform",
+            "https://www.googleapis.com/auth/secretmanager",
+        ];
+        match self.metadata.scopes().await {
+            Ok(s) if s.iter().any(|x| ENOUGH.contains(&x.as_str())) => Vec::new(),
+            Ok(s) => vec![format!(
+                "the instance's access scopes ({}) include neither cloud-platform nor \
+                 secretmanager: Secret Manager refuses its token; set the instance's scopes to \
+                 cloud-platform (and grant access with IAM roles)",
+                if s.is_empty() {
+                    "none".to_string()
+                } else {
+                    s.join(", ")
+                }
+            )],
+            Err(e) => vec![format!("cannot read the access scopes: {}", e.message)],
+        }
+    }
+
+    /// GetSecretVersion (the version's metadata, never its payload): the version exists and is
+    /// enabled. Needs `secretmanager.versions.get` (Secret Manager Viewer), which
+    /// `roles/secretmanager.secretAccessor` alone does not grant.
+    pub async fn probe(&self, r: &GcpSecretRef) -> Result<super::Probe, FetchError> {
+        use google_cloud_secretmanager_v1::model::secret_version::State;
+        let name = r.name(&self.project);
+        let v = match self
+            .client
+            .get_secret_version()
+            .set_name(&name)
+            .send()
+            .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                let code = e.status().map(|s| s.code);
+                if code == Some(Code::PermissionDenied) {
+                    return Ok(super::Probe::NotAllowed(format!(
+                        "{} may not read the version's metadata (secretmanager.versions.get), \
+                         which doctor uses to check it without reading it (a run needs only \
+                         secretmanager.versions.access)",
+                        self.account
+                    )));
+                }
+                let mut f = classify(&e);
+                if code == Some(Code::NotFound) {
+                    f.message += &format!(" in project {}: check `ref`", self.project);
+                }
+                return Err(f);
+            }
+        };
+        match v.state {
+            State::Enabled => Ok(super::Probe::Found(format!(
+                "version {} is enabled (project {})",
+                v.name.rsplit('/').next().unwrap_or("?"),
+                self.project
+            ))),
+            State::Disabled => Err(FetchError::permanent("the version is disabled")),
+            State::Destroyed => Err(FetchError::permanent("the version is destroyed")),
+            _ => Err(FetchError::permanent("the version's state is unknown")),
+        }
     }
 
     /// One AccessSecretVersion attempt. The payload's CRC32C is verified when the service sends

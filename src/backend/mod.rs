@@ -58,6 +58,18 @@ pub enum Backend {
     Gcp(gcp::GcpBackend),
 }
 
+/// What a metadata-only look at a secret found ([`Backend::probe`]). Never a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The reference resolves; what was seen (versions, stages, state).
+    Found(String),
+    /// The identity may not read the secret's metadata (a least-privilege policy grants only the
+    /// read of the value): not checkable without reading the value, which doctor never does.
+    NotAllowed(String),
+    /// The API has no metadata call for it.
+    NoMetadata(String),
+}
+
 /// A fetched value and the version the backend served, if it says.
 pub struct Fetched {
     pub value: Secret,
@@ -248,6 +260,51 @@ impl Backend {
             )),
         };
         fetched.map(|(value, version)| Fetched { value, version })
+    }
+
+    /// The identity this backend established, as `bootsecrets doctor` shows it (never a token).
+    pub fn identity(&self) -> String {
+        match self {
+            #[cfg(feature = "aws")]
+            Backend::Aws(b) => b.identity(),
+            #[cfg(feature = "vault")]
+            Backend::Vault(b) => b.identity(),
+            #[cfg(feature = "azure")]
+            Backend::Azure(b) => b.identity(),
+            #[cfg(feature = "gcp")]
+            Backend::Gcp(b) => b.identity(),
+        }
+    }
+
+    /// Problems with the identity that `doctor` can see beyond a working login (GCP: access
+    /// scopes that keep Secret Manager out).
+    pub async fn diagnose(&self) -> Vec<String> {
+        match self {
+            #[cfg(feature = "gcp")]
+            Backend::Gcp(b) => b.diagnose().await,
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
+        }
+    }
+
+    /// One metadata-only look at a secret, for `bootsecrets doctor`: does the reference resolve
+    /// (the secret, its version or stage), without reading the value. An `Err` is a finding (not
+    /// found, scheduled for deletion, a disabled version) with the same message a run would give.
+    pub async fn probe(&self, r: &SecretRef) -> Result<Probe, FetchError> {
+        match (self, r) {
+            #[cfg(feature = "aws")]
+            (Backend::Aws(b), SecretRef::Aws(r)) => b.probe(r).await,
+            #[cfg(feature = "vault")]
+            (Backend::Vault(b), SecretRef::Vault(r)) => b.probe(r).await,
+            #[cfg(feature = "azure")]
+            (Backend::Azure(b), SecretRef::Azure(r)) => b.probe(r).await,
+            #[cfg(feature = "gcp")]
+            (Backend::Gcp(b), SecretRef::Gcp(r)) => b.probe(r).await,
+            #[allow(unreachable_patterns)]
+            _ => Err(FetchError::permanent(
+                "internal error: a secret was routed to a backend of another type",
+            )),
+        }
     }
 
     /// Ends the run's use of the backend (Vault: revokes the token it logged in with). Never

@@ -185,6 +185,22 @@ impl GceMetadataSettings {
         Ok(email.to_string())
     }
 
+    /// One attempt at the service account's OAuth scopes (one per line).
+    pub async fn scopes(&self) -> Result<Vec<String>, FetchError> {
+        let what = self.what(&format!(
+            "scopes of service account `{}`",
+            self.service_account
+        ));
+        let body = self.get(&self.sa_path("scopes"), &[], &what).await?;
+        Ok(std::str::from_utf8(&body)
+            .unwrap_or("")
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("https://www.googleapis.com/auth/"))
+            .map(str::to_string)
+            .collect())
+    }
+
     /// One attempt at the project id.
     pub async fn project_id(&self) -> Result<String, FetchError> {
         let what = self.what("project id");

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 pub use actions::{ACTION_BUDGET, ACTION_PATH};
+/// The secrets whose `unless_exists` path exists now (what a run would skip).
+pub use fetch::skipped as skipped_secrets;
 
 #[derive(Debug, Default, Clone)]
 pub struct RunOptions {

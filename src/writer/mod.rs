@@ -48,6 +48,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 pub use crate::names::{DATA_LINK, LINK_TMP_PREFIX, STATUS_FILE, VERSION_PREFIX};
+pub use root::in_memory;
 
 /// How the output root must look.
 #[derive(Debug, Clone)]

@@ -15,6 +15,11 @@ use std::path::{Path, PathBuf};
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
 
+/// True for a `statfs` filesystem type that keeps files in memory only (tmpfs, ramfs).
+pub fn in_memory(fstype: i64) -> bool {
+    fstype == TMPFS_MAGIC || fstype == RAMFS_MAGIC
+}
+
 /// The extended attributes that hold a POSIX ACL beyond the mode bits.
 const ACL_XATTRS: [&str; 2] = ["system.posix_acl_access", "system.posix_acl_default"];
 
@@ -111,7 +116,7 @@ impl OutputRoot {
         let fs = nix::sys::statfs::fstatfs(root.as_fd())
             .with_context(|| format!("cannot statfs {}", shown.display()))?;
         let fstype = fs.filesystem_type().0 as i64;
-        if fstype != TMPFS_MAGIC && fstype != RAMFS_MAGIC {
+        if !in_memory(fstype) {
             if !spec.allow_non_tmpfs {
                 bail!(
                     "output root {} is not on tmpfs or ramfs (filesystem type {fstype:#x}); secrets \

@@ -260,6 +260,13 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         journal = rep.starting("journal-unchanged")
         assert any(j.startswith("unchanged kubelet/bootstrap-token") for j in journal), rep
         assert not any("running on_change command" in j for j in journal), rep
+        # doctor, on the node: healthy, and systemd's ordering read where systemd runs.
+        assert rep.starting("doctor-exit") == ["0"], rep
+        doctor = rep.starting("doctor")
+        assert any(d.startswith("ok    unit ordering") and "requires bootsecrets.service" in d
+                   for d in doctor), rep
+        assert any(d.startswith("ok    identity `aws`") and "instance role `node`" in d
+                   for d in doctor), rep
         # The credstore layout: the credential's fixed path is a link through ..data, and
         # systemd's LoadCredential= reads it (a transient unit, as a consumer would).
         assert rep.starting("credstore-run-exit") == ["0"], rep

@@ -21,6 +21,8 @@ Knobs: `not_assigned_for` (seconds during which every token request gets 400 Ide
 
 KeyVaultDouble (TLS with a test CA, host name `NAME.vault.azure.net`; on port 443 in a network
 namespace, support/netns.py, the Key Vault SDK's challenge check passes as it does in Azure):
+* `GET /secrets/{name}/versions?api-version=V` (List Secret Versions: properties, never a value;
+  one page, no `maxresults`);
 * `GET /secrets/{name}[/{version}]?api-version=V`: a request without a bearer token gets 401 with
   `WWW-Authenticate: Bearer authorization="https://login.microsoftonline.com/TENANT",
   resource="https://vault.azure.net"` and `{"error":{"code":"Unauthorized","message":"AKV10000..."}}`;
@@ -250,6 +252,16 @@ class KeyVaultDouble(HttpDouble):
                                "'Microsoft.KeyVault/vaults/secrets/getSecret/action'", "ForbiddenByRbac")
         name = parts[1]
         versions = self.secrets.get(name, [])
+        if len(parts) == 3 and parts[2] == "versions":
+            # List Secret Versions: properties only, no value (readMetadata; `list` in an access
+            # policy). Everything in one page.
+            if not versions:
+                return self._error(404, "SecretNotFound",
+                                   f"A secret with (name/id) {name} was not found in this key vault.")
+            items = [{"id": f"https://{self.hostname}/secrets/{name}/{v['version']}",
+                      "attributes": {"enabled": v["enabled"], "created": v["created"],
+                                     "updated": v["updated"]}} for v in versions]
+            return 200, {"value": items, "nextLink": None}, []
         if len(parts) == 3:
             versions = [v for v in versions if v["version"] == parts[2].lower()]
         if not versions:

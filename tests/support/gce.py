@@ -32,6 +32,8 @@ tokens (mTLS and the Agent Identity POST), and the metadata server's rate limits
 SecretManagerDouble (plain http on 127.0.0.1 for the bootsecrets tests; with `tls=` on 443 in a
 network namespace for the official client, which talks to https://secretmanager.googleapis.com
 and its regional https://secretmanager.LOCATION.rep.googleapis.com):
+* `GET /v1/projects/{P}[/locations/{L}]/secrets/{S}/versions/{V}` (GetSecretVersion: `name`,
+  `state`, `createTime`; never the payload);
 * `GET /v1/projects/{P}/secrets/{S}/versions/{V}:access` and
   `GET /v1/projects/{P}/locations/{L}/secrets/{S}/versions/{V}:access` with `Authorization: Bearer T`
   where T is an access token the metadata double issued (else 401 UNAUTHENTICATED). P may be the
@@ -41,7 +43,7 @@ and its regional https://secretmanager.LOCATION.rep.googleapis.com):
   `wrong_crc=True`); errors `{"error":{"code","message","status"}}`: 404 NOT_FOUND, 403
   PERMISSION_DENIED (`deny(email)`), 400 FAILED_PRECONDITION (disabled version), 503 UNAVAILABLE
   for the first `unavailable_first` requests, 429 RESOURCE_EXHAUSTED for `throttled_first`.
-What it leaves out: every method but `versions:access` (no secret or version management, no
+What it leaves out: every method but `versions:access` and `versions.get` (no secret or version management, no
 `GET` of a secret's metadata, no listing), the `$alt`/`$fields` query parameters (ignored), the
 `error.details` list (ErrorInfo with reason and domain), gRPC (REST only), CMEK, and the
 location check of regional secrets against the endpoint they were asked of.
@@ -179,6 +181,8 @@ class SecretManagerDouble(HttpDouble):
         self.versions = {}   # (location, secret) -> list of dicts, index + 1 = version number
         self.aliases = {}    # (location, secret) -> {alias: number}
         self.denied = set()  # emails refused with PERMISSION_DENIED
+        # Emails with roles/secretmanager.secretAccessor alone: access, but not GetSecretVersion.
+        self.accessor_only = set()
         self.unavailable_first = 0
         self.throttled_first = 0
         self.served = 0
@@ -214,9 +218,11 @@ class SecretManagerDouble(HttpDouble):
         if self.throttled_first > 0:
             self.throttled_first -= 1
             return self._error(429, "RESOURCE_EXHAUSTED", "Quota exceeded.")
-        if req.method != "GET" or not req.path.startswith("/v1/projects/") or not req.path.endswith(":access"):
+        if req.method != "GET" or not req.path.startswith("/v1/projects/"):
             return self._error(404, "NOT_FOUND", "Method not found.")
-        parts = req.path[len("/v1/"):-len(":access")].split("/")
+        access = req.path.endswith(":access")
+        permission = "secretmanager.versions.access" if access else "secretmanager.versions.get"
+        parts = req.path[len("/v1/"):len(req.path) - (len(":access") if access else 0)].split("/")
         if len(parts) == 6 and parts[2] == "secrets" and parts[4] == "versions":
             project, location, secret, version = parts[1], None, parts[3], parts[5]
         elif len(parts) == 8 and parts[2] == "locations" and parts[4] == "secrets" and parts[6] == "versions":
@@ -224,23 +230,20 @@ class SecretManagerDouble(HttpDouble):
         else:
             return self._error(400, "INVALID_ARGUMENT", "Invalid resource field value in the request.")
         full = "/".join(parts)
-        if project not in (self.metadata.project_id, self.metadata.project_number):
+        if (project not in (self.metadata.project_id, self.metadata.project_number) or email in self.denied
+                or (not access and email in self.accessor_only)):
             return self._error(403, "PERMISSION_DENIED",
-                               f"Permission 'secretmanager.versions.access' denied for resource '{full}' "
-                               "(or it may not exist).")
-        if email in self.denied:
-            return self._error(403, "PERMISSION_DENIED",
-                               f"Permission 'secretmanager.versions.access' denied for resource '{full}' "
+                               f"Permission '{permission}' denied for resource '{full}' "
                                "(or it may not exist).")
         vs = self.versions.get((location, secret))
         if not vs:
             return self._error(404, "NOT_FOUND", f"Secret [{full}] not found or has no versions.")
         if version == "latest":
             enabled = [i for i, v in enumerate(vs) if v["state"] == "ENABLED"]
-            if not enabled:
+            if not enabled and access:
                 return self._error(400, "FAILED_PRECONDITION",
                                    f"Secret Version [{full}] is in DISABLED state.")
-            number = enabled[-1] + 1
+            number = (enabled[-1] if enabled else len(vs) - 1) + 1
         elif version.isdigit():
             number = int(version)
         elif version in self.aliases.get((location, secret), {}):
@@ -250,6 +253,12 @@ class SecretManagerDouble(HttpDouble):
         if not 1 <= number <= len(vs):
             return self._error(404, "NOT_FOUND", f"Secret Version [{full}] not found.")
         v = vs[number - 1]
+        loc = f"/locations/{location}" if location else ""
+        name = f"projects/{self.metadata.project_number}{loc}/secrets/{secret}/versions/{number}"
+        if not access:
+            # GetSecretVersion: the version's metadata, never its payload.
+            return 200, {"name": name, "state": v["state"], "createTime": "2026-01-01T00:00:00Z",
+                         "etag": f'"{number}"'}, []
         if v["state"] != "ENABLED":
             return self._error(400, "FAILED_PRECONDITION", f"Secret Version [{full}] is in DISABLED state.")
         crc = crc32c(v["data"])

@@ -26,6 +26,8 @@ TRUST = {
 }
 ROLE_POLICIES = {
     "node": ["secretsmanager:GetSecretValue"],
+    # What `bootsecrets doctor` may use too, to check references without reading values.
+    "doctor": ["secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"],
     "nobody": ["s3:GetObject"],
 }
 

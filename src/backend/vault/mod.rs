@@ -258,6 +258,8 @@ impl VaultSecretRef {
 /// A logged-in Vault client.
 pub struct VaultBackend {
     name: String,
+    /// For messages: the login method (`token`, `approle`, ...).
+    method: &'static str,
     api: Api,
     /// For messages: the namespace requests go to.
     namespace: Option<String>,
@@ -339,6 +341,7 @@ impl VaultBackend {
         client.set_token(token.expose());
         Ok(VaultBackend {
             name: name.to_string(),
+            method: cfg.auth.method(),
             namespace: cfg.namespace.clone(),
             api: api.with_token(token),
             client,
@@ -476,6 +479,82 @@ impl VaultBackend {
             _ => {}
         }
         e
+    }
+
+    pub fn identity(&self) -> String {
+        format!(
+            "a token from the {} login at {}{}",
+            self.method,
+            self.api.base_url(),
+            self.namespace
+                .as_deref()
+                .map(|n| format!(" (namespace `{n}`)"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// KV v2: reads the secret's metadata (never its data): the version asked for (or the
+    /// current one) exists and is neither deleted nor destroyed. KV v1 has no metadata.
+    pub async fn probe(&self, r: &VaultSecretRef) -> Result<crate::backend::Probe, FetchError> {
+        use crate::backend::Probe;
+        let (mount, inner, kv) = self.mount_of(r).await?;
+        if kv == 1 {
+            return Ok(Probe::NoMetadata(format!(
+                "`{mount}` is a KV v1 mount, which keeps no metadata: doctor cannot check \
+                 `{mount}/{inner}` without reading it"
+            )));
+        }
+        let path = format!("{mount}/metadata/{inner}");
+        let what = format!("reading the metadata of KV v2 `{mount}/{inner}`");
+        let resp = self.api.get(&path, &what).await?;
+        match resp.code {
+            200 => {}
+            403 => {
+                return Ok(Probe::NotAllowed(format!(
+                    "the token may not read `{path}`, which doctor uses to check a secret \
+                     without reading it (a run needs only `read` on `{mount}/data/{inner}`)"
+                )));
+            }
+            _ => return Err(self.read_error(&resp, &what, &format!("{mount}/data/{inner}"))),
+        }
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            data: MetaData,
+        }
+        #[derive(serde::Deserialize)]
+        struct MetaData {
+            current_version: u64,
+            #[serde(default)]
+            versions: std::collections::BTreeMap<String, VersionMeta>,
+        }
+        #[derive(serde::Deserialize)]
+        struct VersionMeta {
+            #[serde(default)]
+            deletion_time: String,
+            #[serde(default)]
+            destroyed: bool,
+        }
+        let m: Meta = serde_json::from_slice(resp.body.expose()).map_err(|_| {
+            FetchError::permanent(format!("{what}: Vault's answer is not KV metadata"))
+        })?;
+        let want = r.version.unwrap_or(m.data.current_version);
+        match m.data.versions.get(&want.to_string()) {
+            None => Err(FetchError::permanent(format!(
+                "{what}: version {want} does not exist (current: {})",
+                m.data.current_version
+            ))),
+            Some(v) if v.destroyed => Err(FetchError::permanent(format!(
+                "{what}: version {want} is destroyed"
+            ))),
+            Some(v) if !v.deletion_time.is_empty() => Err(FetchError::permanent(format!(
+                "{what}: version {want} is deleted (undelete it or pin another version)"
+            ))),
+            Some(_) => Ok(Probe::Found(format!(
+                "version {want} of {} exists at {}",
+                m.data.versions.len(),
+                self.api.base_url()
+            ))),
+        }
     }
 
     /// One read attempt; the caller retries transient errors.
