@@ -212,13 +212,21 @@ fn shipped_docs() -> Vec<std::path::PathBuf> {
         root.join("README.md"),
         root.join("butane-snippets/README.md"),
     ];
-    for dir in ["docs", "examples"] {
-        for e in std::fs::read_dir(root.join(dir)).unwrap() {
+    fn walk(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
             let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "md" || x == "toml") {
+            if p.is_dir() {
+                walk(&p, files);
+            } else if p
+                .extension()
+                .is_some_and(|x| ["md", "toml", "tf", "yaml", "bu"].iter().any(|k| x == *k))
+            {
                 files.push(p);
             }
         }
+    }
+    for dir in ["docs", "examples"] {
+        walk(&root.join(dir), &mut files);
     }
     files
 }
@@ -262,4 +270,43 @@ fn the_docs_speak_of_the_product_only() {
         }
     }
     assert!(found.is_empty(), "{found:#?}");
+}
+
+#[test]
+fn every_file_the_docs_name_exists() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let prefixes = [
+        "examples/",
+        "butane-snippets/",
+        "docs/",
+        "tests/",
+        "units/",
+        "src/",
+        "bench/",
+    ];
+    let mut missing = Vec::new();
+    for f in shipped_docs() {
+        let text = std::fs::read_to_string(&f).unwrap();
+        // Markdown links to files, relative to the document.
+        for (i, _) in text.match_indices("](") {
+            let target: String = text[i + 2..].chars().take_while(|c| *c != ')').collect();
+            let target = target.split('#').next().unwrap_or("");
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            if !f.parent().unwrap().join(target).exists() {
+                missing.push(format!("{}: link to {target}", f.display()));
+            }
+        }
+        // Paths of the repository in backticks.
+        for part in text.split('`').skip(1).step_by(2) {
+            if prefixes.iter().any(|p| part.starts_with(p))
+                && !part.contains(['*', ' ', '<', '{'])
+                && !root.join(part.split(':').next().unwrap()).exists()
+            {
+                missing.push(format!("{}: `{part}`", f.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "{missing:#?}");
 }
