@@ -74,14 +74,31 @@ fn every_manifest_key_is_documented_in_its_section() {
         ));
     }
     let mut missing = Vec::new();
+    let mut gone = Vec::new();
     for (heading, probe) in &probes {
         let part = section(&doc, heading);
-        for key in expected_names(probe) {
+        let names = expected_names(probe);
+        for key in &names {
             if !part.contains(&format!("| `{key}` |")) {
                 missing.push(format!("{key} (under {heading})"));
             }
         }
+        // The other way round: a row for a key the manifest no longer takes. A backend type's
+        // own table ends where its login methods' sections begin.
+        let own = part.split("\n#### ").next().unwrap_or(part);
+        for line in own.lines() {
+            if let Some(key) = line.strip_prefix("| `").and_then(|r| r.split('`').next())
+                && line.starts_with(&format!("| `{key}` |"))
+                && !names.iter().any(|n| n == key)
+            {
+                gone.push(format!("{key} (under {heading})"));
+            }
+        }
     }
+    assert!(
+        gone.is_empty(),
+        "documented in docs/manifest.md but not a key: {gone:?}"
+    );
     // Top-level tables and backend types.
     for key in expected_names("__probe__ = 1\n") {
         let marker = match key.as_str() {
@@ -141,6 +158,37 @@ fn every_cli_flag_and_command_is_documented() {
     assert!(
         missing.is_empty(),
         "undocumented in docs/cli.md: {missing:?}"
+    );
+    // The other way round: a documented flag or command that no longer exists.
+    let mut flags: Vec<String> = Vec::new();
+    for c in std::iter::once(&cmd).chain(cmd.get_subcommands()) {
+        flags.extend(
+            c.get_arguments()
+                .filter_map(|a| a.get_long())
+                .map(str::to_string),
+        );
+    }
+    let mut gone = Vec::new();
+    for line in doc.lines() {
+        if let Some(flag) = line.strip_prefix("| `--").map(|r| {
+            r.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .next()
+                .unwrap_or("")
+        }) && !flags.iter().any(|f| f == flag)
+        {
+            gone.push(format!("--{flag}"));
+        }
+        if let Some(name) = line
+            .strip_prefix("### `bootsecrets ")
+            .and_then(|r| r.split('`').next())
+            && !cmd.get_subcommands().any(|s| s.get_name() == name)
+        {
+            gone.push(format!("command {name}"));
+        }
+    }
+    assert!(
+        gone.is_empty(),
+        "documented in docs/cli.md but gone: {gone:?}"
     );
 }
 
