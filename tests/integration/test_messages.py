@@ -129,3 +129,14 @@ def test_gcp_denied_and_missing_name_the_project_and_the_account(gce_metadata, s
     assert r.code == 1, r
     assert (f"permission denied (PERMISSION_DENIED, HTTP 403): grant {gce_metadata.default_email} "
             "roles/secretmanager.secretAccessor on it (project bootsecrets-test)") in r.stderr, r
+
+
+def test_an_unreachable_endpoint_is_named_with_its_region(imds, outdir, bootsecrets):
+    class Closed:
+        url = "http://127.0.0.1:9"  # discard: nothing listens
+
+    r = bootsecrets(aws_manifest(outdir, imds, Closed, [{"path": "a", "ref": "x"}],
+                                 settings="deadline_seconds = 3"))
+    assert r.code == 3, r
+    assert "cannot reach Secrets Manager: connection refused (http://127.0.0.1:9, region us-east-1)" \
+        in r.stderr, r
