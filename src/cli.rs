@@ -7,10 +7,24 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// What `--version` prints after the name: the version, the commit the binary was built from
+/// (`-dirty` when built from a modified checkout, `unknown` without git or
+/// `BOOTSECRETS_GIT_COMMIT`; see build.rs), the backends compiled in (cargo features) and the
+/// target it was built for.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("BOOTSECRETS_COMMIT"),
+    "\nbackends: ",
+    env!("BOOTSECRETS_BACKENDS"),
+    "\ntarget: ",
+    env!("BOOTSECRETS_TARGET"),
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bootsecrets",
-    version,
+    version = VERSION,
     about = "Fetch a node's secrets at boot with its cloud instance identity and write them to a tmpfs",
     long_about = "Fetch a node's secrets at boot with its cloud instance identity and write them \
                   atomically, with strict modes and owners, to a tmpfs. Without a command, `run`."
