@@ -439,7 +439,8 @@ impl AuthConfig {
                 ..
             } => format!(
                 "cert at auth/{mount}, role {}, client certificate {cert_file}",
-                name.as_deref().unwrap_or("(any role the certificate matches)")
+                name.as_deref()
+                    .unwrap_or("(any role the certificate matches)")
             ),
         }
     }
@@ -596,7 +597,12 @@ pub async fn login(
                 None => serde_json::json!({}),
             };
             let resp = api
-                .post(&format!("auth/{mount}/login"), body.to_string().into_bytes(), None, &what)
+                .post(
+                    &format!("auth/{mount}/login"),
+                    body.to_string().into_bytes(),
+                    None,
+                    &what,
+                )
                 .await?;
             login_answer(&resp, &what)
         }
