@@ -20,6 +20,8 @@ fn snippets_are_generated_from_the_units_and_up_to_date() {
     for (variant, dir) in [(Variant::Flatcar, "flatcar"), (Variant::Fcos, "fcos")] {
         let install = Install {
             variant,
+            method: render::InstallMethod::Binary,
+            arch: render::Arch::X86_64,
             binary_url: EXAMPLE_URL.into(),
             binary_sha512: EXAMPLE_SHA512.into(),
             manifest: manifest.clone(),
@@ -57,6 +59,8 @@ fn the_unit_text_comes_from_units_only() {
     }
     let install = Install {
         variant: Variant::Fcos,
+        method: render::InstallMethod::Binary,
+        arch: render::Arch::X86_64,
         binary_url: EXAMPLE_URL.into(),
         binary_sha512: EXAMPLE_SHA512.into(),
         manifest: "[settings]\n".into(),
@@ -91,6 +95,8 @@ fn the_unit_text_comes_from_units_only() {
 fn bad_inputs_are_refused() {
     let mut i = Install {
         variant: Variant::Flatcar,
+        method: render::InstallMethod::Binary,
+        arch: render::Arch::X86_64,
         binary_url: EXAMPLE_URL.into(),
         binary_sha512: "abc".into(),
         manifest: "[settings]\n".into(),
@@ -109,6 +115,8 @@ fn bad_inputs_are_refused() {
 fn install(manifest: &str, refresh: bool) -> Install {
     Install {
         variant: Variant::Flatcar,
+        method: render::InstallMethod::Binary,
+        arch: render::Arch::X86_64,
         binary_url: EXAMPLE_URL.into(),
         binary_sha512: EXAMPLE_SHA512.into(),
         manifest: manifest.into(),
