@@ -588,7 +588,9 @@ pub fn butane(i: &Install) -> Result<String> {
             );
         }
     }
-    o.push_str("systemd:\n  units:\n");
+    if units.iter().any(UnitDef::written) {
+        o.push_str("systemd:\n  units:\n");
+    }
     for u in units.iter().filter(|u| u.written()) {
         let _ = writeln!(o, "    - name: {}", u.name);
         if u.enabled {
@@ -677,7 +679,10 @@ pub fn ignition(i: &Install) -> Result<String> {
             unit
         })
         .collect();
-    config.systemd = Some(ign::Systemd { units: Some(units) });
+    let units: Vec<ign::Unit> = units;
+    if !units.is_empty() {
+        config.systemd = Some(ign::Systemd { units: Some(units) });
+    }
     // The crate serialises unset options as `null`; Butane omits them, and so do we.
     let mut value =
         serde_json::to_value(&config).context("cannot serialise the Ignition config")?;
