@@ -412,5 +412,36 @@ def test_sysext_first_boot(image, moto, sysext_server, tmp_path):
     # The refresh timer, enabled by its link to the image's unit.
     assert rep.prop("timer", "UnitFileState") == "enabled", rep
     assert rep.prop("timer", "ActiveState") == "active", rep
-    assert rep.prop("timer", "FragmentPath") == "/usr/lib/systemd/system/bootsecrets-refresh.timer", rep
+    assert rep.starting("timer-path") == ["/usr/lib/systemd/system/bootsecrets-refresh.timer"], rep
     assert rep.starting("failed-unit") == [], rep
+
+
+def test_sysext_image_the_node_refuses_keeps_kubelet_down(image, moto, tmp_path, tmp_path_factory):
+    """Scenario 6: the same image rebuilt with ARCHITECTURE=arm64, which systemd-sysext refuses on
+    this x86-64 node: nothing is merged, the links point at nothing, and kubelet, which requires
+    bootsecrets.service, never starts (fail-closed)."""
+    assert SYSEXT_IMAGE.exists(), f"{SYSEXT_IMAGE} missing: run release/build.sh first"
+    tree = tmp_path / "tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(SYSEXT_IMAGE)], check=True)
+    release = tree / "usr/lib/extension-release.d/extension-release.bootsecrets"
+    release.write_text(release.read_text().replace("ARCHITECTURE=x86-64", "ARCHITECTURE=arm64"))
+    www = tmp_path_factory.mktemp("www-arm64")
+    subprocess.run(["mksquashfs", str(tree), str(www / SYSEXT_NAME), "-quiet", "-all-root", "-no-xattrs"],
+                   check=True, capture_output=True)
+    srv = serve(www)
+    name = f"boot-{uuid.uuid4().hex[:8]}"
+    seed(moto, name)
+    imds = ImdsDouble(moto).start()
+    try:
+        sha512 = hashlib.sha512((www / SYSEXT_NAME).read_bytes()).hexdigest()
+        cfg = ignition_config(tmp_path, name, sha512, sysext=True)
+        rep = boot(image, tmp_path, cfg, [(BINARY_GUEST, srv.server_address[1]), (MOTO_GUEST, moto.port),
+                                          (IMDS_GUEST, imds.port)], "sysext-refused")
+    finally:
+        imds.stop()
+        srv.shutdown()
+    assert not any("bootsecrets" in line for line in rep.starting("sysext")), rep
+    assert rep.prop("bootsecrets", "ExecMainStartTimestampMonotonic") in (None, "0"), rep
+    assert rep.prop("kubelet", "ActiveState") == "inactive", rep
+    assert rep.prop("kubelet", "ExecMainStartTimestampMonotonic") == "0", rep
+    assert rep.starting("saw") == [], rep
