@@ -430,7 +430,11 @@ fn units(i: &Install, root: &OutputRoot) -> Vec<UnitDef> {
         ));
         units.push(shipped(REFRESH_TIMER_NAME, REFRESH_TIMER, true, Vec::new()));
     }
-    if i.kubelet_dropin {
+    // The sysext install always gates kubelet with the drop-in: it is in /etc from the first
+    // boot on, and a Requires= on a unit that does not exist keeps kubelet from starting when the
+    // image is missing or refused. The [Install] link alone does not: systemd (252, observed in
+    // the boot test) ignores a .requires/ link to a unit that does not exist.
+    if i.kubelet_dropin || sysext {
         units.push(UnitDef {
             name: "kubelet.service",
             enabled: false,
@@ -1048,13 +1052,18 @@ mod tests {
                 assert_ne!(u["name"], UNIT_NAME, "{u}");
                 assert_ne!(u["name"], REFRESH_TIMER_NAME, "{u}");
             }
+            // The kubelet drop-in, always: the gate that holds without the image.
+            assert_eq!(units[0]["name"], "kubelet.service");
+            assert!(units[0].get("enabled").is_none());
+            assert_eq!(units[0]["dropins"][0]["name"], KUBELET_DROPIN_NAME);
+            assert_eq!(units[0]["dropins"][0]["contents"], KUBELET_DROPIN);
             match variant {
-                Variant::Flatcar => assert!(units.is_empty(), "{units:?}"),
+                Variant::Flatcar => assert_eq!(units.len(), 1, "{units:?}"),
                 Variant::Fcos => {
-                    assert_eq!(units.len(), 1, "{units:?}");
-                    assert_eq!(units[0]["name"], "systemd-sysext.service");
-                    assert_eq!(units[0]["enabled"], true);
-                    assert_eq!(units[0]["dropins"][0]["contents"], SYSEXT_RELOAD_DROPIN);
+                    assert_eq!(units.len(), 2, "{units:?}");
+                    assert_eq!(units[1]["name"], "systemd-sysext.service");
+                    assert_eq!(units[1]["enabled"], true);
+                    assert_eq!(units[1]["dropins"][0]["contents"], SYSEXT_RELOAD_DROPIN);
                 }
             }
             let bu = butane(&i).unwrap();
