@@ -168,7 +168,8 @@ def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False, sysext=
     for script in ("kubelet-standin", "boot-report", "refresh-probe", "consumer-standin"):
         cfg["storage"]["files"].append({"path": f"/opt/bin/{script}", "mode": 0o755,
                                         "contents": {"source": data_url((HERE / "guest" / script).read_text())}})
-    cfg["systemd"]["units"] += [
+    units = cfg["systemd"]["units"]
+    for extra in [
         {"name": "kubelet.service", "enabled": True, "contents":
             "[Unit]\nDescription=kubelet stand-in\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
             "ExecStart=/opt/bin/kubelet-standin\n[Install]\nWantedBy=multi-user.target\n"},
@@ -180,7 +181,13 @@ def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False, sysext=
             "[Unit]\nDescription=report to the host\n"
             "After=bootsecrets.service kubelet.service consumer.service\n"
             "[Service]\nType=oneshot\nExecStart=/opt/bin/boot-report\n[Install]\nWantedBy=multi-user.target\n"},
-    ]
+    ]:
+        # The sysext rendering already has kubelet.service (its drop-in): one entry per unit.
+        same = [u for u in units if u["name"] == extra["name"]]
+        if same:
+            same[0].update(extra)
+        else:
+            units.append(extra)
     path = tmp / "config.ign"
     path.write_text(json.dumps(cfg))
     v = subprocess.run(["ignition-validate", str(path)], capture_output=True, text=True)
