@@ -144,9 +144,11 @@ def test_butane_and_ignition_renderings_agree_and_validate(tmp_path, variant, ve
 
 @pytest.mark.parametrize("variant", ["flatcar", "fcos"])
 def test_checked_in_snippets_validate(variant):
-    r = subprocess.run(["ignition-validate", str(ROOT / "butane-snippets" / variant / "bootsecrets.ign")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r
+    names = ["bootsecrets.ign"] + (["bootsecrets-sysext.ign"] if variant == "flatcar" else [])
+    for name in names:
+        r = subprocess.run(["ignition-validate", str(ROOT / "butane-snippets" / variant / name)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (name, r)
     worker = yaml.safe_load((ROOT / "butane-snippets" / variant / "worker.bu").read_text())
     assert worker["variant"] == variant
     assert {"local": "bootsecrets.ign"} in worker["ignition"]["config"]["merge"]
