@@ -455,3 +455,5 @@ def test_sysext_image_the_node_refuses_keeps_kubelet_down(image, moto, tmp_path,
     assert rep.prop("kubelet", "ActiveState") == "inactive", rep
     assert rep.prop("kubelet", "ExecMainStartTimestampMonotonic") == "0", rep
     assert rep.starting("saw") == [], rep
+    # The sysext rendering's kubelet drop-in stopped it (a Requires= on the missing unit would not).
+    assert any("Assertion failed" in j and "kubelet" in j for j in rep.starting("journal")), rep
