@@ -7,10 +7,24 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// What `--version` prints after the name: the version, the commit the binary was built from
+/// (`-dirty` when built from a modified checkout, `unknown` without git or
+/// `BOOTSECRETS_GIT_COMMIT`; see build.rs), the backends compiled in (cargo features) and the
+/// target it was built for.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\ncommit: ",
+    env!("BOOTSECRETS_COMMIT"),
+    "\nbackends: ",
+    env!("BOOTSECRETS_BACKENDS"),
+    "\ntarget: ",
+    env!("BOOTSECRETS_TARGET"),
+);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "bootsecrets",
-    version,
+    version = VERSION,
     about = "Fetch a node's secrets at boot with its cloud instance identity and write them to a tmpfs",
     long_about = "Fetch a node's secrets at boot with its cloud instance identity and write them \
                   atomically, with strict modes and owners, to a tmpfs. Without a command, `run`."
@@ -55,6 +69,20 @@ pub enum Command {
     Render(RenderArgs),
     /// Check, on a node, everything a run needs and say what to fix (never reads a value).
     Doctor(DoctorArgs),
+    /// Write the systemd units for an install method into a directory (the release builds the
+    /// sysext image with it).
+    Units(UnitsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UnitsArgs {
+    /// Where the binary is: `binary` runs /opt/bin/bootsecrets, `sysext` /usr/bin/bootsecrets.
+    #[arg(long, value_enum, default_value = "binary")]
+    pub install: render::InstallMethod,
+    /// The directory to write bootsecrets.service, bootsecrets-refresh.service and
+    /// bootsecrets-refresh.timer into (it must exist).
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,12 +101,24 @@ pub struct RenderArgs {
     /// The node's OS.
     #[arg(long, value_enum)]
     pub variant: render::Variant,
-    /// Where Ignition downloads the (static) bootsecrets binary from.
+    /// How bootsecrets reaches the node: the static binary at /opt/bin, or the systemd-sysext image.
+    #[arg(long, value_enum, default_value = "binary")]
+    pub install: render::InstallMethod,
+    /// `--install binary`: where Ignition downloads the (static) bootsecrets binary from.
     #[arg(long, value_name = "URL")]
-    pub binary_url: String,
-    /// sha512 of that binary (128 hex digits, as `sha512sum` prints), verified by Ignition.
+    pub binary_url: Option<String>,
+    /// `--install binary`: sha512 of that binary (128 hex digits, as `sha512sum` prints), verified by Ignition.
     #[arg(long, value_name = "HEX")]
-    pub binary_sha512: String,
+    pub binary_sha512: Option<String>,
+    /// `--install sysext`: where Ignition downloads the sysext image from.
+    #[arg(long, value_name = "URL")]
+    pub image_url: Option<String>,
+    /// `--install sysext`: sha512 of that image (128 hex digits), verified by Ignition.
+    #[arg(long, value_name = "HEX")]
+    pub image_sha512: Option<String>,
+    /// `--install sysext`: the image's architecture.
+    #[arg(long, value_enum)]
+    pub arch: Option<render::Arch>,
     /// Also install a kubelet.service drop-in that requires bootsecrets (for a kubelet unit you do not own).
     #[arg(long)]
     pub kubelet_dropin: bool,
@@ -196,14 +236,20 @@ fn render_cmd(cli: &Cli, args: &RenderArgs) -> ExitCode {
             {
                 eprintln!("bootsecrets: warning: {w}");
             }
+            let (url, sha512) = download(args)?;
             let install = render::Install {
                 variant: args.variant,
-                binary_url: args.binary_url.clone(),
-                binary_sha512: args.binary_sha512.clone(),
+                method: args.install,
+                arch: args.arch.unwrap_or(render::Arch::X86_64),
+                binary_url: url,
+                binary_sha512: sha512,
                 manifest,
                 kubelet_dropin: args.kubelet_dropin,
                 refresh: args.refresh,
             };
+            if let Some(w) = install.image_url_warning() {
+                eprintln!("bootsecrets: warning: {w}");
+            }
             match args.format {
                 RenderFormat::Butane => render::butane(&install),
                 RenderFormat::Ignition => render::ignition(&install),
@@ -219,6 +265,63 @@ fn render_cmd(cli: &Cli, args: &RenderArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The URL and sha512 of what `--install` downloads, from the flags that belong to it.
+fn download(args: &RenderArgs) -> anyhow::Result<(String, String)> {
+    use render::InstallMethod::{Binary, Sysext};
+    let given = |flag: &str, v: &Option<String>| v.as_ref().map(|_| flag.to_string());
+    let (wanted, other) = match args.install {
+        Binary => (
+            (
+                &args.binary_url,
+                &args.binary_sha512,
+                "--binary-url",
+                "--binary-sha512",
+            ),
+            [
+                given("--image-url", &args.image_url),
+                given("--image-sha512", &args.image_sha512),
+                args.arch.map(|_| "--arch".to_string()),
+            ],
+        ),
+        Sysext => (
+            (
+                &args.image_url,
+                &args.image_sha512,
+                "--image-url",
+                "--image-sha512",
+            ),
+            [
+                given("--binary-url", &args.binary_url),
+                given("--binary-sha512", &args.binary_sha512),
+                None,
+            ],
+        ),
+    };
+    let method = match args.install {
+        Binary => "binary",
+        Sysext => "sysext",
+    };
+    if let Some(flag) = other.into_iter().flatten().next() {
+        anyhow::bail!("{flag} does not apply to --install {method}");
+    }
+    let (url, sha, url_flag, sha_flag) = wanted;
+    match (url, sha) {
+        (Some(u), Some(h)) => Ok((u.clone(), h.clone())),
+        _ => anyhow::bail!("--install {method} needs {url_flag} and {sha_flag}"),
+    }
+}
+
+fn units_cmd(args: &UnitsArgs) -> ExitCode {
+    for (name, text) in crate::units::SHIPPED_UNITS {
+        let path = args.output_dir.join(name);
+        if let Err(e) = std::fs::write(&path, crate::units::for_install(text, args.install)) {
+            eprintln!("bootsecrets: error: cannot write {}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
@@ -260,6 +363,7 @@ pub fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&cli, args),
         Some(Command::Render(args)) => render_cmd(&cli, args),
         Some(Command::Doctor(args)) => doctor(&cli, args),
+        Some(Command::Units(args)) => units_cmd(args),
         Some(Command::Run(args)) => run(&cli, args),
         None => run(&cli, &RunArgs::default()),
     }

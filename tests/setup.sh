@@ -18,6 +18,8 @@ command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the vendo
 if [ $boot = 1 ]; then
   command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
   command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+  # The release's sysext image (release/build.sh installs it too) and the boot test's variant of it.
+  command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 fi
 updated=0
 if [ ${#need[@]} -gt 0 ]; then

@@ -17,18 +17,48 @@ fn snippets_are_generated_from_the_units_and_up_to_date() {
     let manifest = std::fs::read_to_string(root.join("examples/manifest.toml")).unwrap();
     let update = std::env::var_os("BOOTSECRETS_UPDATE_SNIPPETS").is_some();
     let mut stale = Vec::new();
-    for (variant, dir) in [(Variant::Flatcar, "flatcar"), (Variant::Fcos, "fcos")] {
+    let version = env!("CARGO_PKG_VERSION");
+    let image_url = format!(
+        "https://downloads.example.com/bootsecrets/v{version}/bootsecrets-{version}-x86-64.raw"
+    );
+    // The binary install for both; the sysext install for Flatcar, which installs third-party
+    // software that way.
+    for (variant, dir, method, url, name) in [
+        (
+            Variant::Flatcar,
+            "flatcar",
+            render::InstallMethod::Binary,
+            EXAMPLE_URL,
+            "bootsecrets",
+        ),
+        (
+            Variant::Fcos,
+            "fcos",
+            render::InstallMethod::Binary,
+            EXAMPLE_URL,
+            "bootsecrets",
+        ),
+        (
+            Variant::Flatcar,
+            "flatcar",
+            render::InstallMethod::Sysext,
+            image_url.as_str(),
+            "bootsecrets-sysext",
+        ),
+    ] {
         let install = Install {
             variant,
-            binary_url: EXAMPLE_URL.into(),
+            method,
+            arch: render::Arch::X86_64,
+            binary_url: url.into(),
             binary_sha512: EXAMPLE_SHA512.into(),
             manifest: manifest.clone(),
             kubelet_dropin: false,
             refresh: false,
         };
         for (file, text) in [
-            ("bootsecrets.bu", render::butane(&install).unwrap()),
-            ("bootsecrets.ign", render::ignition(&install).unwrap()),
+            (format!("{name}.bu"), render::butane(&install).unwrap()),
+            (format!("{name}.ign"), render::ignition(&install).unwrap()),
         ] {
             let path = root.join("butane-snippets").join(dir).join(file);
             if update {
@@ -57,6 +87,8 @@ fn the_unit_text_comes_from_units_only() {
     }
     let install = Install {
         variant: Variant::Fcos,
+        method: render::InstallMethod::Binary,
+        arch: render::Arch::X86_64,
         binary_url: EXAMPLE_URL.into(),
         binary_sha512: EXAMPLE_SHA512.into(),
         manifest: "[settings]\n".into(),
@@ -91,6 +123,8 @@ fn the_unit_text_comes_from_units_only() {
 fn bad_inputs_are_refused() {
     let mut i = Install {
         variant: Variant::Flatcar,
+        method: render::InstallMethod::Binary,
+        arch: render::Arch::X86_64,
         binary_url: EXAMPLE_URL.into(),
         binary_sha512: "abc".into(),
         manifest: "[settings]\n".into(),
@@ -109,6 +143,8 @@ fn bad_inputs_are_refused() {
 fn install(manifest: &str, refresh: bool) -> Install {
     Install {
         variant: Variant::Flatcar,
+        method: render::InstallMethod::Binary,
+        arch: render::Arch::X86_64,
         binary_url: EXAMPLE_URL.into(),
         binary_sha512: EXAMPLE_SHA512.into(),
         manifest: manifest.into(),

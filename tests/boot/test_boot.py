@@ -1,8 +1,9 @@
 """A real first boot: Debian with dracut + Ignition in the initramfs, systemd as PID 1, under qemu
 (software emulation). Ignition applies the config rendered by `bootsecrets render ignition`,
 downloads the freshly built static binary from a host server with sha512 verification, and
-systemd enables the unit by preset. Secrets come from the real moto server and the IMDSv2 double
-on the host.
+systemd enables the unit by preset. Or (`--install sysext`) Ignition downloads the release's
+systemd-sysext image, systemd-sysext merges it and the rendered links enable the units it carries.
+Secrets come from the real moto server and the IMDSv2 double on the host.
 
 Network safety: qemu user networking with restrict=on; the guest reaches only the guestfwd
 addresses below, each mapped to one loopback port of a test server:
@@ -21,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 import uuid
 from pathlib import Path
 
@@ -37,6 +39,10 @@ IMAGE = Path(os.environ.get("BOOTSECRETS_BOOT_IMAGE", ROOT / "target" / "boot-im
 STATIC_BIN = Path(os.environ.get("BOOTSECRETS_STATIC_BIN",
                                  ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "bootsecrets"))
 HOST_BIN = Path(os.environ.get("BOOTSECRETS_BIN", ROOT / "target" / "debug" / "bootsecrets"))
+VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+SYSEXT_NAME = f"bootsecrets-{VERSION}-x86-64.raw"
+# The release's sysext image (release/build.sh).
+SYSEXT_IMAGE = Path(os.environ.get("BOOTSECRETS_SYSEXT_IMAGE", ROOT / "dist" / VERSION / SYSEXT_NAME))
 BINARY_GUEST, MOTO_GUEST, IMDS_GUEST = "10.0.2.100", "10.0.2.101", "10.0.2.102"
 
 
@@ -58,16 +64,31 @@ def moto(tmp_path_factory):
     m.stop()
 
 
+def serve(d):
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(d), **kw)  # noqa: E731
+    handler.log_message = lambda *a: None
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
 @pytest.fixture(scope="module")
 def binary_server(tmp_path_factory):
     assert STATIC_BIN.exists(), f"{STATIC_BIN} missing: build the static release binary first"
     d = tmp_path_factory.mktemp("www")
     shutil.copy(STATIC_BIN, d / "bootsecrets")
-    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(d), **kw)  # noqa: E731
-    handler.log_message = lambda *a: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv = serve(d)
     yield srv.server_address[1], hashlib.sha512((d / "bootsecrets").read_bytes()).hexdigest()
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sysext_server(tmp_path_factory):
+    assert SYSEXT_IMAGE.exists(), f"{SYSEXT_IMAGE} missing: run release/build.sh first"
+    d = tmp_path_factory.mktemp("www-sysext")
+    shutil.copy(SYSEXT_IMAGE, d / SYSEXT_NAME)
+    srv = serve(d)
+    yield srv.server_address[1], hashlib.sha512((d / SYSEXT_NAME).read_bytes()).hexdigest()
     srv.shutdown()
 
 
@@ -121,11 +142,18 @@ json_key = "password"
 """
 
 
-def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False):
+def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False, sysext=False):
     mpath = tmp / "manifest.toml"
     mpath.write_text(manifest(name, deadline))
-    r = subprocess.run([str(HOST_BIN), "render", "ignition", "--variant", "flatcar",
-                        "--binary-url", f"http://{BINARY_GUEST}/bootsecrets", "--binary-sha512", sha512,
+    if sysext:
+        # Fedora CoreOS's rendering: this guest, like Fedora CoreOS, has systemd-sysext.service
+        # disabled and no ensure-sysext.service (Flatcar's).
+        install = ["--variant", "fcos", "--install", "sysext",
+                   "--image-url", f"http://{BINARY_GUEST}/{SYSEXT_NAME}", "--image-sha512", sha512]
+    else:
+        install = ["--variant", "flatcar", "--binary-url", f"http://{BINARY_GUEST}/bootsecrets",
+                   "--binary-sha512", sha512]
+    r = subprocess.run([str(HOST_BIN), "render", "ignition", *install,
                         "--manifest", str(mpath), "--refresh"], capture_output=True, text=True,
                        check=True)
     cfg = json.loads(r.stdout)
@@ -140,7 +168,8 @@ def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False):
     for script in ("kubelet-standin", "boot-report", "refresh-probe", "consumer-standin"):
         cfg["storage"]["files"].append({"path": f"/opt/bin/{script}", "mode": 0o755,
                                         "contents": {"source": data_url((HERE / "guest" / script).read_text())}})
-    cfg["systemd"]["units"] += [
+    units = cfg["systemd"]["units"]
+    for extra in [
         {"name": "kubelet.service", "enabled": True, "contents":
             "[Unit]\nDescription=kubelet stand-in\n[Service]\nType=oneshot\nRemainAfterExit=yes\n"
             "ExecStart=/opt/bin/kubelet-standin\n[Install]\nWantedBy=multi-user.target\n"},
@@ -152,7 +181,13 @@ def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False):
             "[Unit]\nDescription=report to the host\n"
             "After=bootsecrets.service kubelet.service consumer.service\n"
             "[Service]\nType=oneshot\nExecStart=/opt/bin/boot-report\n[Install]\nWantedBy=multi-user.target\n"},
-    ]
+    ]:
+        # The sysext rendering already has kubelet.service (its drop-in): one entry per unit.
+        same = [u for u in units if u["name"] == extra["name"]]
+        if same:
+            same[0].update(extra)
+        else:
+            units.append(extra)
     path = tmp / "config.ign"
     path.write_text(json.dumps(cfg))
     v = subprocess.run(["ignition-validate", str(path)], capture_output=True, text=True)
@@ -227,6 +262,10 @@ def test_first_boot_then_second_boot_with_a_rotated_value(image, moto, binary_se
         rep = boot(image, tmp_path, cfg, fwd, "first")
         assert rep.prop("bootsecrets", "Result") == "success", rep
         assert rep.prop("kubelet", "ActiveState") == "active", rep
+        # The binary install: the unit Ignition wrote, running the binary Ignition downloaded.
+        assert rep.starting("unit-path") == ["/etc/systemd/system/bootsecrets.service"], rep
+        assert "exec-path=/opt/bin/bootsecrets" in rep.lines, rep
+        assert not any("bootsecrets" in line for line in rep.starting("sysext")), rep
         done = int(rep.prop("bootsecrets", "ExecMainExitTimestampMonotonic"))
         started = int(rep.prop("kubelet", "ExecMainStartTimestampMonotonic"))
         assert 0 < done <= started, rep
@@ -322,8 +361,10 @@ def test_missing_secret_keeps_kubelet_down(image, moto, binary_server, tmp_path)
     permanent = rep.starting("journal-permanent")
     assert len(permanent) == 1 and "not found" in permanent[0], rep
     assert rep.starting("journal-token") == permanent, rep
-    assert rep.starting("journal-err") == permanent + [
-        "could not fetch secret `kubelet/bootstrap-token`; nothing was published"], rep
+    # (systemd's own "Failed to start bootsecrets.service" is at err too, when journald has
+    # ingested it by the time the report reads the journal: it is not the binary's.)
+    assert [j for j in rep.starting("journal-err") if not j.startswith("Failed to start bootsecrets.service")] \
+        == permanent + ["could not fetch secret `kubelet/bootstrap-token`; nothing was published"], rep
     assert [x for x in rep.starting("listing") if x.split()[0] == "f"] == [], rep
     assert rep.starting("status-outcome") == ["failed"], rep
     assert rep.starting("saw") == [], rep
@@ -349,3 +390,77 @@ def test_late_backend_is_waited_for(image, moto, binary_server, tmp_path):
     assert rep.prop("kubelet", "ActiveState") == "active", rep
     assert any("retrying" in j for j in rep.starting("journal-bootsecrets")), rep
     assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
+
+
+def test_sysext_first_boot(image, moto, sysext_server, tmp_path):
+    """Scenario 5: the release's systemd-sysext image, installed by `render --install sysext`
+    (Fedora CoreOS's rendering, which enables systemd-sysext.service and loads the merged units):
+    Ignition downloads it with sha512 verification into /opt/extensions and links it into
+    /etc/extensions, systemd-sysext merges it into /usr, the rendered [Install] links enable the
+    units it carries, and bootsecrets, run from /usr/bin, gates kubelet."""
+    port, sha512 = sysext_server
+    name = f"boot-{uuid.uuid4().hex[:8]}"
+    seed(moto, name)
+    imds = ImdsDouble(moto).start()
+    try:
+        cfg = ignition_config(tmp_path, name, sha512, sysext=True)
+        rep = boot(image, tmp_path, cfg, [(BINARY_GUEST, port), (MOTO_GUEST, moto.port), (IMDS_GUEST, imds.port)],
+                   "sysext")
+    finally:
+        imds.stop()
+    # The image is merged (ID=_any and ARCHITECTURE=x86-64 accepted by systemd 252) ...
+    assert rep.prop("sysext-unit", "Result") == "success", rep
+    assert rep.prop("sysext-unit", "ActiveState") == "active", rep
+    assert any(line.split()[:2] == ["/usr", "bootsecrets"] for line in rep.starting("sysext")), rep
+    # ... the units are the image's, running the image's binary; nothing at /opt/bin.
+    assert rep.starting("unit-path") == ["/usr/lib/systemd/system/bootsecrets.service"], rep
+    assert "exec-path=/usr/bin/bootsecrets" in rep.lines, rep
+    assert "opt-bin present" not in rep.lines, rep
+    # The fail-closed gate holds: bootsecrets ran, and finished before kubelet started.
+    assert rep.prop("bootsecrets", "Result") == "success", rep
+    assert rep.prop("kubelet", "ActiveState") == "active", rep
+    done = int(rep.prop("bootsecrets", "ExecMainExitTimestampMonotonic"))
+    started = int(rep.prop("kubelet", "ExecMainStartTimestampMonotonic"))
+    assert 0 < done <= started, rep
+    assert_secrets_seen(rep, "boot-token-1", "boot-pw-1")
+    assert any("done: 2 secret(s)" in j for j in rep.starting("journal-bootsecrets")), rep
+    assert rep.starting("journal-err") == [], rep
+    # The refresh timer, enabled by its link to the image's unit.
+    assert rep.prop("timer", "UnitFileState") == "enabled", rep
+    assert rep.prop("timer", "ActiveState") == "active", rep
+    assert rep.starting("timer-path") == ["/usr/lib/systemd/system/bootsecrets-refresh.timer"], rep
+    assert rep.starting("failed-unit") == [], rep
+
+
+def test_sysext_image_the_node_refuses_keeps_kubelet_down(image, moto, tmp_path, tmp_path_factory):
+    """Scenario 6: the same image rebuilt with ARCHITECTURE=arm64, which systemd-sysext refuses on
+    this x86-64 node: nothing is merged, the links point at nothing, and kubelet, which requires
+    bootsecrets.service, never starts (fail-closed)."""
+    assert SYSEXT_IMAGE.exists(), f"{SYSEXT_IMAGE} missing: run release/build.sh first"
+    tree = tmp_path / "tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(SYSEXT_IMAGE)], check=True)
+    release = tree / "usr/lib/extension-release.d/extension-release.bootsecrets"
+    release.write_text(release.read_text().replace("ARCHITECTURE=x86-64", "ARCHITECTURE=arm64"))
+    www = tmp_path_factory.mktemp("www-arm64")
+    subprocess.run(["mksquashfs", str(tree), str(www / SYSEXT_NAME), "-quiet", "-all-root", "-no-xattrs"],
+                   check=True, capture_output=True)
+    srv = serve(www)
+    name = f"boot-{uuid.uuid4().hex[:8]}"
+    seed(moto, name)
+    imds = ImdsDouble(moto).start()
+    try:
+        sha512 = hashlib.sha512((www / SYSEXT_NAME).read_bytes()).hexdigest()
+        cfg = ignition_config(tmp_path, name, sha512, sysext=True)
+        rep = boot(image, tmp_path, cfg, [(BINARY_GUEST, srv.server_address[1]), (MOTO_GUEST, moto.port),
+                                          (IMDS_GUEST, imds.port)], "sysext-refused")
+    finally:
+        imds.stop()
+        srv.shutdown()
+    assert not any("bootsecrets" in line for line in rep.starting("sysext")), rep
+    assert rep.starting("unit-path") == [""], rep  # bootsecrets.service does not exist
+    assert rep.prop("bootsecrets", "ExecMainStartTimestampMonotonic") in (None, "0"), rep
+    assert rep.prop("kubelet", "ActiveState") == "inactive", rep
+    assert rep.prop("kubelet", "ExecMainStartTimestampMonotonic") == "0", rep
+    assert rep.starting("saw") == [], rep
+    # The sysext rendering's kubelet drop-in stopped it (a Requires= on the missing unit would not).
+    assert any("Assertion failed" in j and "kubelet" in j for j in rep.starting("journal")), rep

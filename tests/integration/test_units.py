@@ -144,9 +144,11 @@ def test_butane_and_ignition_renderings_agree_and_validate(tmp_path, variant, ve
 
 @pytest.mark.parametrize("variant", ["flatcar", "fcos"])
 def test_checked_in_snippets_validate(variant):
-    r = subprocess.run(["ignition-validate", str(ROOT / "butane-snippets" / variant / "bootsecrets.ign")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r
+    names = ["bootsecrets.ign"] + (["bootsecrets-sysext.ign"] if variant == "flatcar" else [])
+    for name in names:
+        r = subprocess.run(["ignition-validate", str(ROOT / "butane-snippets" / variant / name)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", (name, r)
     worker = yaml.safe_load((ROOT / "butane-snippets" / variant / "worker.bu").read_text())
     assert worker["variant"] == variant
     assert {"local": "bootsecrets.ign"} in worker["ignition"]["config"]["merge"]
@@ -486,3 +488,75 @@ def test_render_refuses_what_check_refuses(tmp_path):
                         "https://example.com/bootsecrets", "--binary-sha512", SHA,
                         "--manifest", str(m)], capture_output=True, text=True)
     assert r.returncode == 0, r
+
+
+def render_sysext(fmt, variant, *extra, manifest=ROOT / "examples" / "manifest.toml"):
+    r = subprocess.run([str(BIN), "render", fmt, "--variant", variant, "--install", "sysext",
+                        "--image-url", "http://10.0.2.100/bootsecrets.raw", "--image-sha512", SHA,
+                        "--manifest", str(manifest), *extra], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.parametrize("extra", [[], ["--refresh", "--kubelet-dropin"]], ids=["plain", "refresh-dropin"])
+@pytest.mark.parametrize("variant", ["flatcar", "fcos"])
+def test_sysext_renderings_validate_and_butane_compiles_them_alike(tmp_path, output_root, variant, extra):
+    manifest, _ = output_root
+    ours_text = render_sysext("ignition", variant, *extra, manifest=manifest)
+    p = tmp_path / "ours.ign"
+    p.write_text(ours_text)
+    r = subprocess.run(["ignition-validate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "" and r.stderr.strip() == "", r
+    ours = json.loads(ours_text)
+    [image] = [f for f in ours["storage"]["files"] if f["path"].startswith("/opt/extensions/bootsecrets/")]
+    assert image["contents"]["verification"]["hash"] == f"sha512-{SHA}"
+    assert not any(f["path"] == "/opt/bin/bootsecrets" for f in ours["storage"]["files"])
+    assert {"path": "/etc/extensions/bootsecrets.raw", "target": image["path"], "hard": False} \
+        in ours["storage"]["links"]
+    ign = butane_compile(tmp_path, render_sysext("butane", variant, *extra, manifest=manifest))
+    assert ign.get("systemd") == ours.get("systemd")
+    assert ign["storage"]["links"] == ours["storage"]["links"]
+    files, our_files = ign["storage"]["files"], ours["storage"]["files"]
+    assert [(f["path"], f["mode"]) for f in files] == [(f["path"], f["mode"]) for f in our_files]
+    assert files[0]["contents"] == our_files[0]["contents"]
+    assert file_bytes(manifest_entry(files)["contents"]) == manifest.read_bytes()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--install", "sysext", "--binary-url", "http://x/b", "--binary-sha512", SHA],
+     "--binary-url does not apply to --install sysext"),
+    (["--install", "sysext", "--image-url", "http://x/b.raw"], "--install sysext needs --image-url and --image-sha512"),
+    (["--image-url", "http://x/b.raw", "--image-sha512", SHA], "--image-url does not apply to --install binary"),
+    (["--binary-url", "http://x/b", "--binary-sha512", SHA, "--arch", "arm64"],
+     "--arch does not apply to --install binary"),
+    (["--install", "sysext", "--image-url", "ftp://x/b.raw", "--image-sha512", SHA], "--image-url `ftp://x/b.raw`"),
+    (["--install", "sysext", "--image-url", "http://x/b.raw", "--image-sha512", "abc"],
+     "--image-sha512 must be 128 hex digits"),
+])
+def test_render_refuses_flags_that_do_not_belong_to_the_install(args, says):
+    r = subprocess.run([str(BIN), "render", "ignition", "--variant", "flatcar", "--manifest",
+                        str(ROOT / "examples" / "manifest.toml"), *args], capture_output=True, text=True)
+    assert r.returncode == 2 and says in r.stderr and r.stdout == "", r
+
+
+def test_the_units_of_each_install_verify_where_that_install_puts_the_binary(tmp_path):
+    for install, bindir, unitdir in (("binary", "opt/bin", "etc/systemd/system"),
+                                     ("sysext", "usr/bin", "usr/lib/systemd/system")):
+        root = tmp_path / install
+        (root / "usr/lib/systemd").mkdir(parents=True)
+        shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+        (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
+        (root / bindir).mkdir(parents=True, exist_ok=True)
+        shutil.copy(BIN, root / bindir / "bootsecrets")
+        r = subprocess.run([str(BIN), "units", "--install", install, "--output-dir", str(root / unitdir)],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout == "" and r.stderr == "", r
+        text = (root / unitdir / "bootsecrets.service").read_text()
+        assert re.search(rf"^ExecStart=/{bindir}/bootsecrets$", text, re.M), text
+        assert (root / unitdir / "bootsecrets-refresh.service").read_text().count(f"/{bindir}/bootsecrets run") == 1
+        r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "bootsecrets.service",
+                            "bootsecrets-refresh.service", "bootsecrets-refresh.timer"],
+                           capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout == "" and r.stderr == "", (install, r)
+    r = subprocess.run([str(BIN), "units", "--output-dir", str(tmp_path / "missing")], capture_output=True, text=True)
+    assert r.returncode == 1 and "cannot write" in r.stderr, r
