@@ -91,6 +91,9 @@ pub enum RenderFormat {
     Butane,
     /// An Ignition 3.3.0 config, e.g. to merge with `ignition.config.merge` (`local:`).
     Ignition,
+    /// A Container Linux Config (Flatcar's `ct` YAML), e.g. for Cluster API's
+    /// `ignition.containerLinuxConfig.additionalConfig`.
+    Clc,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +256,7 @@ fn render_cmd(cli: &Cli, args: &RenderArgs) -> ExitCode {
             match args.format {
                 RenderFormat::Butane => render::butane(&install),
                 RenderFormat::Ignition => render::ignition(&install),
+                RenderFormat::Clc => render::clc(&install),
             }
         });
     match result {

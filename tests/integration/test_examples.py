@@ -116,3 +116,101 @@ def test_the_butane_compiles_and_validates(tmp_path, bu):
         assert "--bootstrap-kubeconfig=/run/bootsecrets/kubelet/bootstrap-kubeconfig" in r.stdout
     else:
         assert "RequiredBy=kubelet.service" in r.stdout
+
+
+# -- Cluster API on AWS, and the Container Linux Config it carries
+
+CAPI = ROOT / "examples" / "cluster-api" / "aws"
+
+
+def render_clc(manifest, *extra):
+    r = subprocess.run([str(BIN), "render", "clc", "--variant", "flatcar", "--manifest", str(manifest),
+                        "--binary-url", "s3://example-artifacts/bootsecrets/0.1.0/bootsecrets",
+                        "--binary-sha512", ZEROS, *extra], capture_output=True, text=True)
+    assert r.returncode == 0, r
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def capi_docs():
+    import yaml
+    return {d["kind"]: d for d in yaml.safe_load_all((CAPI / "workers.yaml").read_text())}
+
+
+def test_the_cluster_api_objects_use_only_fields_their_types_declare(capi_docs):
+    from support.schemas import CAPI as SCHEMA, unknown_fields
+    assert set(capi_docs) == {"AWSMachineTemplate", "KubeadmConfigTemplate", "MachineDeployment"}
+    for kind, doc in capi_docs.items():
+        assert unknown_fields(doc, kind, SCHEMA) == [], kind
+
+
+def test_the_cluster_api_objects_fit_together(capi_docs):
+    mt = capi_docs["AWSMachineTemplate"]["spec"]["template"]["spec"]
+    assert mt["instanceMetadataOptions"] == {"httpEndpoint": "enabled", "httpTokens": "required",
+                                             "httpPutResponseHopLimit": 1}
+    assert mt["ignition"]["version"] == "2.3", "CAPI compiles the CLC to Ignition 2.3"
+    kct = capi_docs["KubeadmConfigTemplate"]["spec"]["template"]["spec"]
+    assert kct["format"] == "ignition"
+    assert kct["ignition"]["containerLinuxConfig"]["strict"] is True
+    md = capi_docs["MachineDeployment"]["spec"]["template"]["spec"]
+    assert md["bootstrap"]["configRef"] == {"apiGroup": "bootstrap.cluster.x-k8s.io",
+                                            "kind": "KubeadmConfigTemplate",
+                                            "name": capi_docs["KubeadmConfigTemplate"]["metadata"]["name"]}
+    assert md["infrastructureRef"]["name"] == capi_docs["AWSMachineTemplate"]["metadata"]["name"]
+
+
+def test_the_embedded_clc_is_what_render_prints(capi_docs):
+    """The additionalConfig is `render clc` of examples/cluster-api/aws/manifest.toml (with
+    --kubelet-dropin --refresh), byte for byte; BOOTSECRETS_UPDATE_SNIPPETS=1 rewrites it."""
+    want = render_clc(CAPI / "manifest.toml", "--kubelet-dropin", "--refresh")
+    have = capi_docs["KubeadmConfigTemplate"]["spec"]["template"]["spec"]["ignition"][
+        "containerLinuxConfig"]["additionalConfig"]
+    if have != want and os.environ.get("BOOTSECRETS_UPDATE_SNIPPETS"):
+        text = (CAPI / "workers.yaml").read_text()
+        head, rest = text.split("          additionalConfig: |\n", 1)
+        tail = rest[rest.index("\n---\napiVersion: cluster.x-k8s.io/") + 1:]
+        block = "".join(("            " + line if line else "") + "\n" for line in want.splitlines())
+        (CAPI / "workers.yaml").write_text(head + "          additionalConfig: |\n" + block + tail)
+        have = want
+    assert have == want, "stale: render it again"
+
+
+@pytest.mark.parametrize("extra", [[], ["--kubelet-dropin", "--refresh"], ["--install", "sysext"]])
+def test_render_clc_uses_only_clc_fields_and_matches_the_ignition_rendering(extra, tmp_path):
+    """Field by field: the CLC's files, links and units are the Ignition rendering's."""
+    import base64
+    import json
+    import yaml
+    from support.schemas import CLC, unknown_fields
+
+    manifest = ROOT / "examples" / "manifest.toml"
+    url = (["--image-url", "s3://b/bootsecrets-0.1.0-x86-64.raw", "--image-sha512", ZEROS]
+           if "sysext" in extra else ["--binary-url", "s3://b/bootsecrets", "--binary-sha512", ZEROS])
+    clc = yaml.safe_load(subprocess.run(
+        [str(BIN), "render", "clc", "--variant", "flatcar", "--manifest", str(manifest), *url,
+         *extra], capture_output=True, text=True, check=True).stdout)
+    assert unknown_fields(clc, "Config", CLC) == []
+    ign = json.loads(subprocess.run(
+        [str(BIN), "render", "ignition", "--variant", "flatcar", "--manifest", str(manifest), *url,
+         *extra], capture_output=True, text=True, check=True).stdout)
+    files = clc["storage"]["files"]
+    assert [(f["path"], f["mode"], f["filesystem"]) for f in files] == [
+        (f["path"], f["mode"], "root") for f in ign["storage"]["files"]]
+    remote = files[0]["contents"]["remote"]
+    assert remote["url"] == ign["storage"]["files"][0]["contents"]["source"]
+    assert f"sha512-{remote['verification']['hash']['sum']}" == \
+        ign["storage"]["files"][0]["contents"]["verification"]["hash"]
+    data = ign["storage"]["files"][1]["contents"]["source"].split(",", 1)[1]
+    assert files[1]["contents"]["inline"] == base64.b64decode(data).decode()
+    assert [(l["path"], l["target"]) for l in clc["storage"].get("links", [])] == [
+        (l["path"], l["target"]) for l in ign["storage"].get("links", [])]
+    assert clc["systemd"]["units"] == ign["systemd"]["units"]
+
+
+def test_render_clc_refuses_what_clc_cannot_carry():
+    for args, says in [(["--variant", "fcos", "--binary-url", "https://x/b"], "use --variant flatcar"),
+                       (["--variant", "flatcar", "--binary-url", "gs://b/bootsecrets"], "`gs:`")]:
+        r = subprocess.run([str(BIN), "render", "clc", *args, "--binary-sha512", ZEROS,
+                            "--manifest", str(ROOT / "examples" / "manifest.toml")],
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and says in r.stderr, r
