@@ -69,6 +69,11 @@ pub enum Command {
     Render(RenderArgs),
     /// Check, on a node, everything a run needs and say what to fix (never reads a value).
     Doctor(DoctorArgs),
+    /// Print the manual page (roff), e.g. `bootsecrets man > /usr/share/man/man1/bootsecrets.1`.
+    Man,
+    /// Print the completion script for a shell, e.g.
+    /// `bootsecrets completions bash > /usr/share/bash-completion/completions/bootsecrets`.
+    Completions(CompletionsArgs),
     /// Write the systemd units for an install method into a directory (the release builds the
     /// sysext image with it).
     Units(UnitsArgs),
@@ -130,6 +135,13 @@ pub struct RenderArgs {
     pub refresh: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
 #[derive(Debug, Default, Args)]
 pub struct DoctorArgs {
     /// Print the findings as JSON (`{"healthy": bool, "checks": [...]}`) instead of text.
@@ -188,6 +200,43 @@ fn check(cli: &Cli, args: &CheckArgs) -> ExitCode {
         Err(e) => {
             eprintln!("bootsecrets: error: {e:#}");
             ExitCode::from(2)
+        }
+    }
+}
+
+/// The manual page: the command and, as sections of it, every subcommand with its options.
+fn man() -> ExitCode {
+    use clap::CommandFactory;
+    // The page's title line takes the plain version (`--version` has the commit and backends
+    // on further lines, which roff would read as commands).
+    let cmd = Cli::command()
+        .version(env!("CARGO_PKG_VERSION"))
+        .long_version(env!("CARGO_PKG_VERSION"));
+    let mut out = Vec::new();
+    let result = (|| -> std::io::Result<()> {
+        let page = clap_mangen::Man::new(cmd.clone());
+        page.render_title(&mut out)?;
+        page.render_name_section(&mut out)?;
+        page.render_synopsis_section(&mut out)?;
+        page.render_description_section(&mut out)?;
+        page.render_options_section(&mut out)?;
+        page.render_subcommands_section(&mut out)?;
+        for sub in cmd.get_subcommands() {
+            let name = format!("bootsecrets {}", sub.get_name());
+            let sub = sub.clone().bin_name(name.clone()).display_name(name);
+            let page = clap_mangen::Man::new(sub);
+            page.render_synopsis_section(&mut out)?;
+            page.render_description_section(&mut out)?;
+            page.render_options_section(&mut out)?;
+        }
+        page.render_version_section(&mut out)?;
+        Ok(())
+    })();
+    match result.and_then(|()| std::io::Write::write_all(&mut std::io::stdout(), &out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bootsecrets: error: cannot write the manual page: {e}");
+            ExitCode::from(1)
         }
     }
 }
@@ -367,6 +416,17 @@ pub fn main() -> ExitCode {
         Some(Command::Check(args)) => check(&cli, args),
         Some(Command::Render(args)) => render_cmd(&cli, args),
         Some(Command::Doctor(args)) => doctor(&cli, args),
+        Some(Command::Man) => man(),
+        Some(Command::Completions(args)) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "bootsecrets",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
         Some(Command::Units(args)) => units_cmd(args),
         Some(Command::Run(args)) => run(&cli, args),
         None => run(&cli, &RunArgs::default()),

@@ -14,6 +14,10 @@ need=()
 command -v ignition-validate >/dev/null || need+=(ignition)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v setpriv >/dev/null || need+=(util-linux)
+# The shells whose completion scripts the CLI tests parse, and man for the manual page.
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
+command -v man >/dev/null || need+=(man-db)
 command -v ip >/dev/null || need+=(iproute2)  # network namespaces for the vendors' clients' tests
 if [ $boot = 1 ]; then
   command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
