@@ -214,3 +214,39 @@ def test_render_clc_refuses_what_clc_cannot_carry():
                             "--manifest", str(ROOT / "examples" / "manifest.toml")],
                            capture_output=True, text=True)
         assert r.returncode == 2 and says in r.stderr, r
+
+
+# -- A Typhoon-style Flatcar worker
+
+TYPHOON = ROOT / "examples" / "typhoon-style"
+
+
+def test_the_typhoon_style_worker_takes_its_bootstrap_credential_from_bootsecrets(tmp_path):
+    """No credential inline in the user data: kubelet's bootstrap kubeconfig and CA are the files
+    bootsecrets publishes, and the manifest makes the bootstrap one conditional."""
+    import yaml
+
+    bu = yaml.safe_load((TYPHOON / "worker.bu").read_text())
+    files = {f["path"]: f for f in bu["storage"]["files"]}
+    assert "/etc/kubernetes/kubeconfig" not in files, "the bootstrap kubeconfig is not inline"
+    text = (TYPHOON / "worker.bu").read_text()
+    for needle in ("token:", "client-key-data", "client-certificate-data", "BEGIN "):
+        assert needle not in text, needle
+    [kubelet] = [u for u in bu["systemd"]["units"] if u["name"] == "kubelet.service"]
+    assert "--bootstrap-kubeconfig=/run/bootsecrets/kubelet/bootstrap-kubeconfig" in kubelet["contents"]
+    assert "-v /run:/run" in kubelet["contents"], "the container sees the tmpfs itself"
+    assert "clientCAFile: /run/bootsecrets/kubelet/ca.crt" in files["/etc/kubernetes/kubelet.yaml"][
+        "contents"]["inline"]
+    r = subprocess.run([str(BIN), "check", "--offline", "--manifest", str(TYPHOON / "manifest.toml")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "kubelet/bootstrap-kubeconfig" in r.stdout and \
+        "skipped when /var/lib/kubelet/kubeconfig exists" in r.stdout, r
+    if not (BUTANE.is_file() and os.access(BUTANE, os.X_OK)):
+        pytest.skip(f"butane not found at {BUTANE} (set BUTANE): the real Butane compile was NOT checked")
+    r = subprocess.run([str(BUTANE), "--strict", "--files-dir", str(TYPHOON), str(TYPHOON / "worker.bu")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "w.ign"
+    out.write_text(r.stdout)
+    v = subprocess.run(["ignition-validate", str(out)], capture_output=True, text=True)
+    assert v.returncode == 0 and not v.stdout.strip() and not v.stderr.strip(), v
