@@ -41,12 +41,24 @@ def pytest_configure(config):
     if not config.option.basetemp:
         config.option.basetemp = f"/dev/shm/bootsecrets-pytest-{os.getpid()}"
         config._bootsecrets_basetemp = config.option.basetemp
+    # A checkout under /tmp or /var/tmp (a CI runner's, say): the unit's private /tmp would hide
+    # the binary under test from the sandbox. Test a copy of it that the node's view can see.
+    global BIN
+    if SANDBOX.private_tmp and any(str(BIN.resolve()).startswith(p) for p in ("/tmp/", "/var/tmp/")):
+        visible = Path(f"/dev/shm/bootsecrets-pytest-bin-{os.getpid()}") / BIN.name
+        visible.parent.mkdir(mode=0o755, exist_ok=True)
+        shutil.copy2(BIN, visible)
+        config._bootsecrets_bin_copy = visible.parent
+        BIN = visible
 
 
 def pytest_unconfigure(config):
     base = getattr(config, "_bootsecrets_basetemp", None)
     if base and not os.environ.get("BOOTSECRETS_KEEP_TMP"):
         shutil.rmtree(base, ignore_errors=True)
+    copy = getattr(config, "_bootsecrets_bin_copy", None)
+    if copy:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def node_argv(argv, rw=(), binds=()):
