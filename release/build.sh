@@ -146,9 +146,26 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 root=$work/bootsecrets
 mkdir -p "$root/usr/bin" "$root/usr/lib/systemd/system" "$root/usr/lib/extension-release.d" \
-         "$root/usr/share/licenses/bootsecrets"
+         "$root/usr/share/licenses/bootsecrets" "$root/usr/share/man/man1" \
+         "$root/usr/share/bash-completion/completions" "$root/usr/share/zsh/site-functions" \
+         "$root/usr/share/fish/vendor_completions.d"
 install -m 0755 "$out/$bin" "$root/usr/bin/bootsecrets"
 "$units_bin" units --install sysext --output-dir "$root/usr/lib/systemd/system"
+# The manual page and the shell completions, from the binary itself (also next to the binary in
+# dist/, for the plain-binary install).
+"$units_bin" man > "$root/usr/share/man/man1/bootsecrets.1"
+"$units_bin" completions bash > "$root/usr/share/bash-completion/completions/bootsecrets"
+"$units_bin" completions zsh > "$root/usr/share/zsh/site-functions/_bootsecrets"
+"$units_bin" completions fish > "$root/usr/share/fish/vendor_completions.d/bootsecrets.fish"
+chmod 0644 "$root"/usr/share/man/man1/* "$root"/usr/share/*/completions/* \
+  "$root"/usr/share/zsh/site-functions/* "$root"/usr/share/fish/vendor_completions.d/*
+install -m 0644 "$root/usr/share/man/man1/bootsecrets.1" "$out/bootsecrets.1"
+# (gzip -n: no name and no time in the header, for a reproducible archive.)
+tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH" \
+  -C "$root/usr/share" -cf - bash-completion zsh fish | gzip -n -9 \
+  > "$out/bootsecrets-$version-completions.tar.gz"
+touch -d "@$SOURCE_DATE_EPOCH" "$out/bootsecrets-$version-completions.tar.gz"
+touch -d "@$SOURCE_DATE_EPOCH" "$out/bootsecrets.1"
 install -m 0644 LICENSE "$out/THIRD-PARTY-LICENSES.txt" "$root/usr/share/licenses/bootsecrets/"
 # ID=_any: any OS (the binary is static); ARCHITECTURE= as systemd names it (ConditionArchitecture=);
 # EXTENSION_RELOAD_MANAGER=1: systemd >= 256 reloads its units after merging (older ones need
@@ -171,7 +188,8 @@ chmod 0644 "$out/$raw"
 # --- 4. checksums ------------------------------------------------------------------------------
 (
   cd "$out"
-  files=("$bin" "$raw" "$bin.cdx.json" THIRD-PARTY-LICENSES.txt LICENSE)
+  files=("$bin" "$raw" "$bin.cdx.json" THIRD-PARTY-LICENSES.txt LICENSE bootsecrets.1
+         "bootsecrets-$version-completions.tar.gz")
   sha256sum "${files[@]}" > SHA256SUMS
   sha512sum "${files[@]}" > SHA512SUMS
 )

@@ -20,7 +20,8 @@ VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
 DIST = Path(os.environ.get("BOOTSECRETS_DIST", ROOT / "dist" / VERSION))
 BIN = f"bootsecrets-{VERSION}-x86_64-linux"
 RAW = f"bootsecrets-{VERSION}-x86-64.raw"
-ARTIFACTS = [BIN, RAW, f"{BIN}.cdx.json", "THIRD-PARTY-LICENSES.txt", "LICENSE"]
+ARTIFACTS = [BIN, RAW, f"{BIN}.cdx.json", "THIRD-PARTY-LICENSES.txt", "LICENSE", "bootsecrets.1",
+             f"bootsecrets-{VERSION}-completions.tar.gz"]
 
 
 def sums(name):
@@ -82,9 +83,18 @@ def test_the_sysext_image_holds_the_binary_the_units_and_its_metadata(image, tmp
         "usr/lib/systemd/system/bootsecrets-refresh.service",
         "usr/lib/systemd/system/bootsecrets-refresh.timer",
         "usr/lib/systemd/system/bootsecrets.service",
+        "usr/share/bash-completion/completions/bootsecrets",
+        "usr/share/fish/vendor_completions.d/bootsecrets.fish",
         "usr/share/licenses/bootsecrets/LICENSE",
         "usr/share/licenses/bootsecrets/THIRD-PARTY-LICENSES.txt",
+        "usr/share/man/man1/bootsecrets.1",
+        "usr/share/zsh/site-functions/_bootsecrets",
     ], files
+    # The manual page and the completions are the binary's own (and the page is in dist/ too).
+    assert (root / "usr/share/man/man1/bootsecrets.1").read_bytes() == (DIST / "bootsecrets.1").read_bytes()
+    page = (root / "usr/share/man/man1/bootsecrets.1").read_text()
+    assert ".TH bootsecrets 1" in page and "bootsecrets doctor" in page.replace("\\-", "-")
+    assert "complete" in (root / "usr/share/bash-completion/completions/bootsecrets").read_text()
     assert (root / "usr/bin/bootsecrets").read_bytes() == (DIST / BIN).read_bytes()
     assert (root / "usr/lib/extension-release.d/extension-release.bootsecrets").read_text() == \
         "ID=_any\nARCHITECTURE=x86-64\nEXTENSION_RELOAD_MANAGER=1\n"
@@ -93,7 +103,8 @@ def test_the_sysext_image_holds_the_binary_the_units_and_its_metadata(image, tmp
     stamp = subprocess.run(["date", "-u", "-d", f"@{epoch}", "+%Y-%m-%d %H:%M"], capture_output=True,
                            text=True, check=True).stdout.strip()
     entries = [line for line in listing.splitlines() if line.startswith(("d", "-", "l"))]
-    assert len(entries) == len(files) + 10, listing  # the files and their 10 directories
+    dirs = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir()}
+    assert len(entries) == len(files) + len(dirs) + 1, listing  # the files, their directories, /
     for line in entries:
         mode, owner = line.split()[:2]
         assert owner == "0/0", line
