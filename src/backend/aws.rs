@@ -233,6 +233,8 @@ pub struct AwsBackend {
     /// The endpoint was derived from the region (a DNS failure then points at the region).
     derived: bool,
     role: String,
+    /// The instance's account, from its identity document, when it said.
+    account: Option<String>,
 }
 
 /// The endpoint the SDK derives from a region when none is configured (for messages).
@@ -340,15 +342,20 @@ impl AwsBackend {
             |_| identity.credentials(),
         )
         .await?;
-        let region = match &cfg.region {
-            Some((r, _)) => r.clone(),
+        let (region, account) = match &cfg.region {
+            // The account only names the role in messages: one attempt, no retry, no failure.
+            Some((r, _)) => (
+                r.clone(),
+                identity.document().await.ok().and_then(|d| d.account_id),
+            ),
             None => {
-                retry(
+                let d = retry(
                     &format!("backend `{name}`: IMDSv2 region"),
                     deadline,
-                    |_| identity.region(),
+                    |_| identity.document(),
                 )
-                .await?
+                .await?;
+                (d.region, d.account_id)
             }
         };
         let credentials = Credentials::new(
@@ -388,6 +395,7 @@ impl AwsBackend {
             endpoint,
             derived,
             role,
+            account,
         })
     }
 
@@ -426,8 +434,14 @@ impl AwsBackend {
 impl AwsBackend {
     pub fn identity(&self) -> String {
         format!(
-            "instance role `{}`, region {}, endpoint {}",
-            self.role, self.region, self.endpoint
+            "instance role `{}`{}, region {}, endpoint {}",
+            self.role,
+            self.account
+                .as_deref()
+                .map(|a| format!(" in account {a}"))
+                .unwrap_or_default(),
+            self.region,
+            self.endpoint
         )
     }
 
@@ -502,9 +516,14 @@ impl AwsBackend {
             ),
             Reason::Denied { principal, action } => {
                 let action = action.as_deref().unwrap_or("secretsmanager:GetSecretValue");
+                let account = self
+                    .account
+                    .as_deref()
+                    .map(|a| format!(" in account {a}"))
+                    .unwrap_or_default();
                 let who = match principal {
                     Some(arn) => format!("the instance role `{role}` ({arn})"),
-                    None => format!("the instance role `{role}`"),
+                    None => format!("the instance role `{role}`{account}"),
                 };
                 if action.starts_with("kms:") {
                     format!(

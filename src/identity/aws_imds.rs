@@ -172,9 +172,16 @@ impl InstanceIdentity {
 
     /// The region from the instance identity document (one attempt; the caller retries).
     pub async fn region(&self) -> Result<String, FetchError> {
+        self.document().await.map(|d| d.region)
+    }
+
+    /// The instance identity document's region and account (one attempt; the caller retries).
+    pub async fn document(&self) -> Result<IdentityDocument, FetchError> {
         #[derive(Deserialize)]
         struct Doc {
             region: String,
+            #[serde(rename = "accountId", default)]
+            account_id: String,
         }
         let client = self.client()?;
         let endpoint = &self.settings.endpoint;
@@ -202,8 +209,22 @@ impl InstanceIdentity {
                 endpoint
             )));
         }
-        Ok(doc.region)
+        // Shown in messages: only if it is an account id.
+        let account_id = (doc.account_id.len() == 12
+            && doc.account_id.bytes().all(|b| b.is_ascii_digit()))
+        .then_some(doc.account_id);
+        Ok(IdentityDocument {
+            region: doc.region,
+            account_id,
+        })
     }
+}
+
+/// What the instance identity document says that bootsecrets uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityDocument {
+    pub region: String,
+    pub account_id: Option<String>,
 }
 
 fn status_of(resp: &HttpResponse) -> u16 {

@@ -49,7 +49,8 @@ def test_a_healthy_aws_node(moto, imds_factory, outdir, name, bootsecrets, tmp_p
     assert finding(report, "manifest")["status"] == "ok"
     assert finding(report, "platform")["status"] == "ok"
     ident = finding(report, "identity `aws`")
-    assert ident["status"] == "ok" and "instance role `doctor`, region us-east-1" in ident["detail"]
+    assert ident["status"] == "ok" and \
+        "instance role `doctor` in account 123456789012, region us-east-1" in ident["detail"], ident
     s = finding(report, "secret `a`")
     assert s["status"] == "ok" and "exists in region us-east-1 with 1 version(s)" in s["detail"], s
     assert finding(report, "output root")["status"] == "ok"
