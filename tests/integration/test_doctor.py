@@ -168,3 +168,24 @@ def test_gcp_versions_scopes_and_accessor_only(gce_metadata, secret_manager, out
     _, report, _ = doctor(m, tmp_path, cmdline="ignition.platform.id=gcp")
     x = finding(report, "secret `x`")
     assert x["status"] == "warn" and "secretmanager.versions.get" in x["detail"], x
+
+
+def test_an_unassigned_managed_identity_is_named(azure_imds_factory, key_vault_factory, outdir,
+                                                 tmp_path):
+    imds = azure_imds_factory(system_assigned=False)
+    kv = key_vault_factory(imds)
+    code, report, _ = doctor(azure_manifest(outdir, imds, kv, [{"path": "x", "ref": "db"}]),
+                             tmp_path, cmdline="ignition.platform.id=azure")
+    assert code == 1
+    ident = finding(report, "identity `kv`")
+    assert ident["status"] == "fail" and "assign the managed identity to the VM" in ident["hint"], ident
+
+
+def test_access_scopes_that_keep_secret_manager_out_are_named(gce_metadata, secret_manager, outdir,
+                                                              tmp_path):
+    secret_manager.add_version("db", CANARY.encode())
+    gce_metadata.scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+    _, report, _ = doctor(gcp_manifest(outdir, gce_metadata, secret_manager, [{"path": "x", "ref": "db"}]),
+                          tmp_path, cmdline="ignition.platform.id=gcp")
+    warn = [c for c in report["checks"] if c["check"] == "identity `gcp`" and c["status"] == "warn"]
+    assert warn and "include neither cloud-platform nor secretmanager" in warn[0]["detail"], report
