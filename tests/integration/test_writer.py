@@ -102,10 +102,18 @@ def test_symlinked_output_root_is_refused(moto, imds, outdir, name, bootsecrets,
 
 
 def test_non_tmpfs_root_is_refused_unless_allowed(moto, imds, name, bootsecrets):
-    disk = ROOT / "target" / f"non-tmpfs-{name}"
-    fstype = subprocess.run(["stat", "-f", "-c", "%T", str(ROOT / "target")], capture_output=True, text=True).stdout.strip()
-    if fstype in ("tmpfs", "ramfs"):
-        pytest.skip("the build directory is itself on tmpfs")
+    # A directory on disk the sandboxed binary can see: the build directory, unless the checkout
+    # is under /tmp or /var/tmp (hidden by the unit's private /tmp), then /var/lib.
+    def usable(d: Path) -> bool:
+        if any(str(d.resolve()).startswith(p) for p in ("/tmp/", "/var/tmp/")):
+            return False
+        fstype = subprocess.run(["stat", "-f", "-c", "%T", str(d)], capture_output=True, text=True).stdout.strip()
+        return fstype not in ("tmpfs", "ramfs")
+
+    parent = next((d for d in (ROOT / "target", Path("/var/lib")) if usable(d)), None)
+    if parent is None:
+        pytest.skip("neither the build directory nor /var/lib is on a disk the unit can see")
+    disk = parent / f"bootsecrets-non-tmpfs-{name}"
     moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="aaa")
     m = aws_manifest(disk, imds, moto, [{"path": "a", "ref": f"{name}/a"}])
     # Under ProtectSystem=strict a root elsewhere exists beforehand and is made writable by a
