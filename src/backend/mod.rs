@@ -237,9 +237,13 @@ impl Backend {
                 .await
                 .map(Backend::Azure),
             #[cfg(feature = "gcp")]
-            BackendConfig::Gcp(c) => gcp::GcpBackend::connect(name, c, deadline)
-                .await
-                .map(Backend::Gcp),
+            BackendConfig::Gcp(c) => {
+                // Secret Manager's client reads its responses itself: no response limit to set.
+                let _ = limits;
+                gcp::GcpBackend::connect(name, c, deadline)
+                    .await
+                    .map(Backend::Gcp)
+            }
         }
     }
 
