@@ -31,6 +31,7 @@ pub struct Settings {
     pub root_group: Option<String>,
     pub deadline_seconds: Option<u64>,
     pub concurrency: Option<usize>,
+    pub startup_jitter_ms: Option<u64>,
     pub max_secret_bytes: Option<u64>,
     pub max_response_bytes: Option<u64>,
     pub default_mode: Option<String>,

@@ -22,8 +22,12 @@ pub const DEFAULT_OUTPUT_ROOT: &str = "/run/bootsecrets";
 pub const CREDSTORE_ROOT: &str = "/run/credstore";
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 pub const MAX_DEADLINE_SECONDS: u64 = 3600;
-pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_CONCURRENCY: usize = 16;
 pub const MAX_CONCURRENCY: usize = 64;
+/// The longest random pause before a run's first request to a backend (see
+/// [`Plan::startup_jitter`]).
+pub const DEFAULT_STARTUP_JITTER: Duration = Duration::from_millis(250);
+pub const MAX_STARTUP_JITTER_MS: u64 = 60_000;
 pub const DEFAULT_MODE: u32 = 0o400;
 
 /// A user or group: the name as written (or the number) and the resolved id.
@@ -80,6 +84,10 @@ pub struct Plan {
     pub root_mode: u32,
     pub deadline: Duration,
     pub concurrency: usize,
+    /// A run waits a uniformly random time up to this before its first request to a backend
+    /// service, so that nodes booted together do not all arrive in the same instant. Identity
+    /// from a local metadata service is established meanwhile.
+    pub startup_jitter: Duration,
     pub backends: BTreeMap<String, BackendConfig>,
     pub secrets: Vec<SecretPlan>,
     /// Not errors, but worth telling the operator (printed by `check` and `run -v`).
@@ -409,6 +417,24 @@ impl Plan {
                 DEFAULT_CONCURRENCY
             }
         };
+        let startup_jitter = match s.startup_jitter_ms {
+            None => DEFAULT_STARTUP_JITTER,
+            Some(ms) if ms > MAX_STARTUP_JITTER_MS => {
+                errors.push(format!(
+                    "settings.startup_jitter_ms = {ms}: must be between 0 and {MAX_STARTUP_JITTER_MS}"
+                ));
+                DEFAULT_STARTUP_JITTER
+            }
+            Some(ms) if Duration::from_millis(ms) > deadline / 2 => {
+                errors.push(format!(
+                    "settings.startup_jitter_ms = {ms}: must be at most half of deadline_seconds \
+                     ({} s), so that the run keeps time to fetch",
+                    deadline.as_secs()
+                ));
+                DEFAULT_STARTUP_JITTER.min(deadline / 2)
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
         let mut limit = |v: Option<u64>, key: &str, default: u64| match v {
             None => default,
             Some(n) if (1..=MAX_LIMIT).contains(&n) => n,
@@ -535,6 +561,7 @@ impl Plan {
             root_mode,
             deadline,
             concurrency,
+            startup_jitter,
             backends,
             secrets,
             warnings,
@@ -563,9 +590,11 @@ impl Plan {
             self.root_group
         );
         out += &format!(
-            "deadline     {} s for the whole run; up to {} fetches at once\n",
+            "deadline     {} s for the whole run; up to {} fetches at once; first request after a \
+             random wait of up to {} ms (startup_jitter_ms)\n",
             self.deadline.as_secs(),
-            self.concurrency
+            self.concurrency,
+            self.startup_jitter.as_millis()
         );
         out += &format!(
             "limits       {} bytes per secret, {} bytes per backend response\n",
@@ -867,9 +896,34 @@ region = "eu-west-1"
         let p = plan(&format!("{BASE}\n[[secret]]\npath = \"a\"\nref = \"x\"\n")).unwrap();
         assert_eq!(p.output_root, PathBuf::from(DEFAULT_OUTPUT_ROOT));
         assert_eq!(p.deadline, DEFAULT_DEADLINE);
+        assert_eq!(p.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(p.startup_jitter, DEFAULT_STARTUP_JITTER);
         assert_eq!(p.root_mode, 0o700);
         assert_eq!(p.secrets[0].mode, 0o400);
         assert_eq!(p.secrets[0].backend, "main");
+    }
+
+    #[test]
+    fn startup_jitter_is_bounded_by_the_deadline() {
+        let with = |settings: &str| {
+            plan(&format!(
+                "[settings]\n{settings}\n{BASE}\n[[secret]]\npath = \"a\"\nref = \"x\"\n"
+            ))
+        };
+        let p = with("startup_jitter_ms = 0").unwrap();
+        assert_eq!(p.startup_jitter, Duration::ZERO);
+        let p = with("startup_jitter_ms = 5000\ndeadline_seconds = 10").unwrap();
+        assert_eq!(p.startup_jitter, Duration::from_secs(5));
+        let err = format!(
+            "{:#}",
+            with("startup_jitter_ms = 5001\ndeadline_seconds = 10").unwrap_err()
+        );
+        assert!(err.contains("at most half of deadline_seconds"), "{err}");
+        let err = format!(
+            "{:#}",
+            with("startup_jitter_ms = 60001\ndeadline_seconds = 3600").unwrap_err()
+        );
+        assert!(err.contains("between 0 and 60000"), "{err}");
     }
 
     #[test]

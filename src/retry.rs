@@ -55,12 +55,13 @@ pub enum RetryError {
     },
 }
 
-/// The pause before attempt `attempt + 1`: exponential, capped, with "equal jitter" (a uniformly
-/// random point in the upper half of the step), and never shorter than a server's own hint.
+/// The pause before attempt `attempt + 1`: exponential, capped, with "full jitter" (a uniformly
+/// random point of the whole step, so that nodes throttled together spread over it rather than
+/// return together), and never shorter than a server's own hint.
 pub fn backoff(attempt: u32, hint: Option<Duration>) -> Duration {
     let exp = BASE_BACKOFF.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
     let step = exp.min(MAX_BACKOFF);
-    let jittered = step / 2 + step.mul_f64(fastrand::f64() / 2.0);
+    let jittered = step.mul_f64(fastrand::f64());
     match hint {
         Some(h) => jittered.max(h.min(MAX_BACKOFF * 4)),
         None => jittered,
@@ -140,15 +141,27 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_capped_and_jittered() {
-        for _ in 0..200 {
+        let (mut low, mut high) = (0, 0);
+        for _ in 0..400 {
             let b1 = backoff(1, None);
-            assert!(b1 >= BASE_BACKOFF / 2 && b1 <= BASE_BACKOFF, "{b1:?}");
+            assert!(b1 <= BASE_BACKOFF, "{b1:?}");
             let b3 = backoff(3, None);
-            assert!(b3 >= BASE_BACKOFF * 2 && b3 <= BASE_BACKOFF * 4, "{b3:?}");
+            assert!(b3 <= BASE_BACKOFF * 4, "{b3:?}");
             let b30 = backoff(30, None);
-            assert!(b30 >= MAX_BACKOFF / 2 && b30 <= MAX_BACKOFF, "{b30:?}");
+            assert!(b30 <= MAX_BACKOFF, "{b30:?}");
+            // Full jitter: the whole step is used, its lower half included.
+            if b30 < MAX_BACKOFF / 4 {
+                low += 1;
+            }
+            if b30 > MAX_BACKOFF * 3 / 4 {
+                high += 1;
+            }
         }
-        assert!(backoff(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        // Each quarter holds about 100 of 400 draws; 40 is more than six deviations away.
+        assert!(low > 40 && high > 40, "low {low}, high {high}");
+        for _ in 0..50 {
+            assert!(backoff(1, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        }
     }
 
     #[tokio::test(start_paused = true)]

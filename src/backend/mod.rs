@@ -176,6 +176,17 @@ impl BackendConfig {
         }
     }
 
+    /// Whether establishing the identity talks only to the node's own metadata service (then it
+    /// can run during the startup jitter), not to the backend service (a Vault login does).
+    pub fn identity_is_local(&self) -> bool {
+        match self {
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(_) => false,
+            #[allow(unreachable_patterns)]
+            _ => true,
+        }
+    }
+
     /// Things worth telling the operator about these settings (not errors).
     pub fn warnings(&self) -> Vec<String> {
         match self {

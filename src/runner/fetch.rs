@@ -146,11 +146,31 @@ pub async fn connect_and_fetch(
             .collect()
     };
 
+    // One draw per run, the same pause before every backend's first request.
+    let jitter = if needed.is_empty() {
+        Duration::ZERO
+    } else {
+        plan.startup_jitter.mul_f64(fastrand::f64())
+    };
+    if !jitter.is_zero() {
+        log::debug!(
+            "startup jitter: first request to a backend service in {} ms (startup_jitter_ms {})",
+            jitter.as_millis(),
+            plan.startup_jitter.as_millis()
+        );
+    }
     let attempts = plan
         .used_backends()
         .filter(|(name, _)| !users(name).is_empty())
         .map(|(name, cfg)| async move {
-            let r = Backend::connect(name, cfg, deadline, &plan.limits).await;
+            let connect = Backend::connect(name, cfg, deadline, &plan.limits);
+            let r = if cfg.identity_is_local() {
+                // The node's metadata service is not the shared service: ask it meanwhile.
+                tokio::join!(connect, tokio::time::sleep(jitter)).0
+            } else {
+                tokio::time::sleep(jitter).await;
+                connect.await
+            };
             (name.as_str(), cfg.kind(), r)
         });
     let connected = futures_util::future::join_all(attempts).await;
