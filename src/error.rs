@@ -23,6 +23,9 @@ pub struct FetchError {
     pub message: String,
     /// A server's own hint (for example `Retry-After`), honoured by the backoff.
     pub retry_after: Option<Duration>,
+    /// The service asked to slow down (throttling, HTTP 429): the node's whole request rate to
+    /// that backend adapts (see `crate::governor`), not only this request's next attempt.
+    pub throttled: bool,
 }
 
 impl FetchError {
@@ -31,6 +34,16 @@ impl FetchError {
             class: Class::Transient,
             message: message.into(),
             retry_after: None,
+            throttled: false,
+        }
+    }
+
+    /// A transient error that asks the client to slow down.
+    pub fn throttled(message: impl Into<String>, retry_after: Option<Duration>) -> Self {
+        FetchError {
+            retry_after,
+            throttled: true,
+            ..FetchError::transient(message)
         }
     }
 
@@ -39,6 +52,7 @@ impl FetchError {
             class: Class::Permanent,
             message: message.into(),
             retry_after: None,
+            throttled: false,
         }
     }
 

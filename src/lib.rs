@@ -7,6 +7,7 @@ pub mod credfile;
 pub mod doctor;
 pub mod error;
 pub mod extract;
+pub mod governor;
 #[cfg(any(feature = "azure", feature = "gcp", feature = "vault"))]
 pub mod http;
 pub mod hygiene;

@@ -785,6 +785,7 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 },
                 message,
                 retry_after,
+                throttled: what == "throttled",
             }
         }
         SdkError::TimeoutError(_) => FetchError::transient("request timed out"),
@@ -872,6 +873,8 @@ mod tests {
         assert!(e.is_transient());
         assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
         assert_eq!(e.message, "throttled (ThrottlingException, HTTP 400)");
+        assert!(e.throttled);
+        assert!(!service_error(503, Some("ServiceUnavailable"), "{}", &[]).throttled);
 
         let e = service_error(400, Some("ResourceNotFoundException"), "{}", &[]);
         assert!(!e.is_transient());

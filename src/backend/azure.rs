@@ -678,6 +678,7 @@ fn classify(err: &azure_core::Error, resource: &str) -> FetchError {
                 },
                 message: format!("{what} ({shown}, HTTP {status})"),
                 retry_after,
+                throttled: status == 429,
             }
         }
         ErrorKind::Connection | ErrorKind::Io => {

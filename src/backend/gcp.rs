@@ -570,6 +570,7 @@ fn classify(err: &google_cloud_gax::error::Error) -> FetchError {
             FetchError::permanent(message)
         };
         e.retry_after = retry_after(err);
+        e.throttled = code == Code::ResourceExhausted || http == Some(429);
         return e;
     }
     if let Some(s) = http {
@@ -579,6 +580,7 @@ fn classify(err: &google_cloud_gax::error::Error) -> FetchError {
             FetchError::permanent(format!("request rejected (HTTP {s})"))
         };
         e.retry_after = retry_after(err);
+        e.throttled = s == 429;
         return e;
     }
     if err.is_timeout() {

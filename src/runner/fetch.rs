@@ -5,6 +5,7 @@
 use crate::backend::{Backend, Fetched};
 use crate::error::RunError;
 use crate::extract;
+use crate::governor::Governor;
 use crate::plan::{Plan, SecretPlan};
 use crate::retry::{Deadline, RetryError, retry};
 use crate::secret::Secret;
@@ -98,15 +99,26 @@ pub fn skipped(plan: &Plan) -> Vec<(usize, PathBuf)> {
 async fn fetch_one(
     index: usize,
     s: &SecretPlan,
-    backend: &Backend,
+    (backend, governor): (&Backend, &Governor),
     deadline: &Deadline,
     max_secret: u64,
 ) -> Result<Done, RunError> {
     let start = Instant::now();
     let label = secret_label(s);
-    let Fetched { value, version } = retry(&label, deadline, |_| backend.fetch(&s.reference))
-        .await
-        .map_err(|e| retry_failure(label.clone(), e))?;
+    let Fetched { value, version } = retry(&label, deadline, |_| async {
+        // The governor paces every request to this backend (src/governor.rs); the retry loop's
+        // own backoff runs from the same instant, so the wait is the longer of the two.
+        let _permit = governor.admit().await;
+        let r = backend.fetch(&s.reference).await;
+        match &r {
+            Ok(_) => governor.succeeded(),
+            Err(e) if e.throttled => governor.throttled(e.retry_after),
+            Err(_) => {}
+        }
+        r
+    })
+    .await
+    .map_err(|e| retry_failure(label.clone(), e))?;
     let value = extract::transform(value, s.json_key.as_deref(), s.encoding)
         .map_err(|e| RunError::Failed(anyhow!("{label}: {e}")))?;
     if value.len() as u64 > max_secret {
@@ -206,10 +218,17 @@ pub async fn connect_and_fetch(
         .iter()
         .copied()
         .filter(|&i| backends.contains_key(plan.secrets[i].backend.as_str()));
+    let governors: BTreeMap<&str, Governor> = backends
+        .keys()
+        .map(|&name| (name, Governor::new(plan.concurrency)))
+        .collect();
     let results: Vec<(usize, Result<Done, RunError>)> = stream::iter(fetchable)
         .map(|i| {
             let s = &plan.secrets[i];
-            let backend = &backends[s.backend.as_str()];
+            let backend = (
+                &backends[s.backend.as_str()],
+                &governors[s.backend.as_str()],
+            );
             async move {
                 (
                     i,
@@ -221,6 +240,17 @@ pub async fn connect_and_fetch(
         .collect()
         .await;
     futures_util::future::join_all(backends.values().map(Backend::finish)).await;
+    for (name, g) in &governors {
+        let throttles = g.throttles();
+        if throttles > 0 {
+            log::info!(
+                backend = name;
+                "backend `{name}` throttled {throttles} request(s): this run slowed down to \
+                 {:.0} request(s) at once",
+                g.window()
+            );
+        }
+    }
 
     let mut done = Vec::new();
     for (i, r) in results {

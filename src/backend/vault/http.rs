@@ -95,7 +95,10 @@ pub fn classify_status(code: u16, errors: &[String], what: &str) -> FetchError {
         }
         404 => p("not found (404)".into()),
         412 => t("precondition failed (412): the node has not caught up yet".into()),
-        429 => t("standby node or rate limit (429)".into()),
+        429 => FetchError {
+            throttled: true,
+            ..t("standby node or rate limit (429)".into())
+        },
         472 | 473 => t(format!("node is a DR or performance standby ({code})")),
         503 if mentions(errors, "sealed") => t("Vault is sealed (503)".into()),
         500..=599 => t(format!("server error ({code})")),
