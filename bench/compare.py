@@ -7,7 +7,7 @@ secrets: wall time, CPU time and peak RSS of whole processes, in pairs.
 AWS: a real moto server (SigV4 and IAM enforced) and the IMDSv2 double, both on 127.0.0.1.
 Contestants, each a fresh process tree writing every secret to a fresh directory on tmpfs:
   * bootsecrets   `bootsecrets run` with a manifest of N secrets (`json_key` extraction), default
-                  settings unless --concurrency is given;
+                  settings unless --concurrency or --setting is given;
   * curl floor    bench/floor-aws.sh: the three IMDSv2 requests, then one `curl --parallel
                   --parallel-immediate` with every GetSecretValue SigV4-signed by curl;
   * awscli unit   bench/awscli-unit.sh: `aws secretsmanager get-secret-value` per secret, each a
@@ -213,6 +213,7 @@ def aws_blocks(args, work, log, binary):
                 body = f'[settings]\noutput_root = "{out}/bs"\n'
                 if args.concurrency:
                     body += f"concurrency = {args.concurrency}\n"
+                body += "".join(f"{kv}\n" for kv in args.setting)
                 body += (f'[backend.aws]\ntype = "aws"\nregion = "us-east-1"\n'
                          f'endpoint = "{sm_url}"\nimds_endpoint = "{imds_url}"\n')
                 body += "".join(f'[[secret]]\npath = "s/{i}"\nref = "{ids[i]}"\njson_key = "v"\n'
@@ -283,6 +284,7 @@ def vault_blocks(args, work, log, binary):
                 body = f'[settings]\noutput_root = "{out}/bs"\n'
                 if args.concurrency:
                     body += f"concurrency = {args.concurrency}\n"
+                body += "".join(f"{kv}\n" for kv in args.setting)
                 body += (f'[backend.vault]\ntype = "vault"\naddress = "{url}"\n'
                          f'[backend.vault.auth]\nmethod = "token"\ntoken_file = "{token_file}"\n')
                 body += "".join(f'[[secret]]\npath = "s/{i}"\nref = "secret/bench/{i}"\nfield = "v"\n'
@@ -353,6 +355,9 @@ def main():
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--awscli-max-n", type=int, default=100)
     ap.add_argument("--concurrency", type=int)
+    ap.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                    help="a line added to the manifests' [settings] (repeatable), for example "
+                         "startup_jitter_ms=0")
     ap.add_argument("--idle-load", type=float, default=0.6)
     ap.add_argument("--out", default=str(ROOT / "target/bench/compare.json"))
     args = ap.parse_args()
