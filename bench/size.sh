@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Size of the static release binary under each release-profile choice, and of each single-backend
-# build. Every variant is a clean build in its own target directory (target/size/NAME, removed
-# afterwards: about 1 GB each), 5-7 minutes each on two cores.
+# build. A profile variant is a clean build in its own target directory (target/size/NAME, removed
+# afterwards: about 1 GB each), 5-7 minutes each on two cores; the cur-* variants (the shipped
+# profile, one backend each) share target/size/shared, so the crates they have in common are
+# built once.
 #   bench/size.sh [VARIANT...]        (default: every variant below)
 # Prints one line per variant and appends it to target/size/sizes.tsv; the stripped binaries stay
 # in target/size/bin/ for bench/compare.sh --binary.
@@ -32,6 +34,7 @@ while read -r name opt lto cgu panic uwt features; do
   [ -n "$name" ] || continue
   if [ ${#want[@]} -gt 0 ] && [[ " ${want[*]} " != *" $name "* ]]; then continue; fi
   dir=target/size/$name
+  [ "$opt" = - ] && dir=target/size/shared
   env=(CARGO_TARGET_DIR="$PWD/$dir" RUSTFLAGS='-C target-feature=+crt-static')
   # `-` keeps what Cargo.toml's [profile.release] says (the cur-* variants: the shipped profile).
   [ "$opt" = - ] || env+=(CARGO_PROFILE_RELEASE_OPT_LEVEL="$opt" CARGO_PROFILE_RELEASE_LTO="$lto"
@@ -48,5 +51,6 @@ while read -r name opt lto cgu panic uwt features; do
   bytes=$(stat -c %s "$bin")
   printf '%s\t%s\t%s\topt=%s lto=%s cgu=%s panic=%s unwind-tables=%s features=%s\t%s s\n' \
     "$commit" "$name" "$bytes" "$opt" "$lto" "$cgu" "$panic" "$uwt" "$features" "$took" | tee -a target/size/sizes.tsv
-  rm -rf "$dir"
+  [ "$opt" = - ] || rm -rf "$dir"
 done <<< "$variants"
+rm -rf target/size/shared

@@ -19,7 +19,6 @@ use crate::settings::EnvLookup;
 use http::{Api, Status};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
@@ -265,8 +264,17 @@ pub struct VaultBackend {
     namespace: Option<String>,
     client: VaultClient,
     revoke: bool,
-    /// Detected (mount, KV version) per secret path, so a retry does not ask again.
-    mounts: Mutex<HashMap<String, (String, u8)>>,
+    /// Detected (mount, KV version) pairs: a secret under a known mount, or a retry, does not
+    /// ask again (one detection per mount, not per secret: each is a round trip).
+    mounts: Mutex<Vec<(String, u8)>>,
+    /// Held while detecting, so that the first concurrent fetches under one mount ask once.
+    detecting: tokio::sync::Mutex<()>,
+}
+
+/// Whether the path `full` lies in the mount `mount` (a whole-segment prefix).
+fn mount_contains(mount: &str, full: &str) -> bool {
+    full.strip_prefix(mount)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl Drop for VaultBackend {
@@ -346,7 +354,8 @@ impl VaultBackend {
             api: api.with_token(token),
             client,
             revoke: cfg.revoke_token,
-            mounts: Mutex::new(HashMap::new()),
+            mounts: Mutex::new(Vec::new()),
+            detecting: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -380,16 +389,18 @@ impl VaultBackend {
             Some(m) => format!("{m}/{}", r.path),
             None => r.path.clone(),
         };
-        let cached = self.mounts.lock().unwrap().get(&full).cloned();
-        let (mount, version) = match cached {
+        let (mount, version) = match self.known_mount(&full) {
             Some(c) => c,
             None => {
-                let detected = self.detect_mount(&full).await?;
-                self.mounts
-                    .lock()
-                    .unwrap()
-                    .insert(full.clone(), detected.clone());
-                detected
+                let _detecting = self.detecting.lock().await;
+                match self.known_mount(&full) {
+                    Some(c) => c,
+                    None => {
+                        let detected = self.detect_mount(&full).await?;
+                        self.mounts.lock().unwrap().push(detected.clone());
+                        detected
+                    }
+                }
             }
         };
         if let Some(m) = &r.mount
@@ -409,6 +420,16 @@ impl VaultBackend {
             )));
         }
         Ok((mount, inner, r.kv_version.unwrap_or(version)))
+    }
+
+    /// The detected mount `full` lies in (Vault refuses a mount inside another, so at most one).
+    fn known_mount(&self, full: &str) -> Option<(String, u8)> {
+        self.mounts
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(m, _)| mount_contains(m, full))
+            .cloned()
     }
 
     async fn detect_mount(&self, full: &str) -> Result<(String, u8), FetchError> {
@@ -657,4 +678,19 @@ fn vaultrs_client(cfg: &VaultConfig, api: &Api) -> Result<VaultClient, FetchErro
         .map_err(|_| FetchError::permanent("cannot build the Vault client"))?;
     client.http = rustify::clients::reqwest::Client::new(api.base_url(), api.http().clone());
     Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mount_contains;
+
+    #[test]
+    fn a_mount_contains_whole_segments_only() {
+        assert!(mount_contains("secret", "secret/app/db"));
+        assert!(mount_contains("team/kv", "team/kv/x"));
+        assert!(mount_contains("secret", "secret"));
+        assert!(!mount_contains("secret", "secretive/x"));
+        assert!(!mount_contains("team/kv", "team/kv2/x"));
+        assert!(!mount_contains("secret", "other/secret/x"));
+    }
 }
