@@ -13,7 +13,7 @@ whole of them (the same seconds of work per quota, the same backoff and jitter t
 this two-core machine can serve and send with room to spare.
 
 Minimum requests: one GetSecretValue per secret per node (BatchGetSecretValue: one per 20). Ideal
-completion: that minimum divided by the quota (the brief's definition: total work over quota).
+completion: that minimum divided by the quota (total work over quota: no fleet can do better).
 """
 
 import argparse
