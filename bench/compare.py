@@ -59,6 +59,14 @@ def loadavg():
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def settings_table(args, out):
+    """The manifests' [settings]: the output root, then only what the command line changes."""
+    body = f'[settings]\noutput_root = "{out}/bs"\n'
+    if args.concurrency:
+        body += f"concurrency = {args.concurrency}\n"
+    return body + "".join(f"{kv}\n" for kv in args.setting)
+
+
 def wait_idle(limit, log):
     """Sleeps until the 1-minute load average is below `limit`; returns it."""
     waited = 0
@@ -210,10 +218,7 @@ def aws_blocks(args, work, log, binary):
                 (work / "ids").write_text("".join(f"{i}\n" for i in ids[:n]))
                 out = Path(f"/dev/shm/bootsecrets-bench-{os.getpid()}")
                 manifest = work / f"aws-{n}.toml"
-                body = f'[settings]\noutput_root = "{out}/bs"\n'
-                if args.concurrency:
-                    body += f"concurrency = {args.concurrency}\n"
-                body += "".join(f"{kv}\n" for kv in args.setting)
+                body = settings_table(args, out)
                 body += (f'[backend.aws]\ntype = "aws"\nregion = "us-east-1"\n'
                          f'endpoint = "{sm_url}"\nimds_endpoint = "{imds_url}"\n')
                 body += "".join(f'[[secret]]\npath = "s/{i}"\nref = "{ids[i]}"\njson_key = "v"\n'
@@ -281,10 +286,7 @@ def vault_blocks(args, work, log, binary):
                 (work / "paths").write_text("".join(f"secret/data/bench/{i}\n" for i in range(n)))
                 out = Path(f"/dev/shm/bootsecrets-bench-{os.getpid()}")
                 manifest = work / f"vault-{n}.toml"
-                body = f'[settings]\noutput_root = "{out}/bs"\n'
-                if args.concurrency:
-                    body += f"concurrency = {args.concurrency}\n"
-                body += "".join(f"{kv}\n" for kv in args.setting)
+                body = settings_table(args, out)
                 body += (f'[backend.vault]\ntype = "vault"\naddress = "{url}"\n'
                          f'[backend.vault.auth]\nmethod = "token"\ntoken_file = "{token_file}"\n')
                 body += "".join(f'[[secret]]\npath = "s/{i}"\nref = "secret/bench/{i}"\nfield = "v"\n'
