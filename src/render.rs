@@ -548,6 +548,31 @@ pub fn double_quoted(text: &str, indent: usize) -> String {
 /// Writes ` VALUE` and a line break after a mapping key (`key:` is already written): `text` as a
 /// literal block indented by `indent` spaces when [`literal_block_safe`], else as a
 /// [`double_quoted`] scalar. Either way a YAML parser reads back exactly `text`.
+/// The `systemd.units` section, the same in Butane and in CLC: the units the install writes or
+/// enables, with their drop-ins.
+fn systemd_units(o: &mut String, units: &[UnitDef]) {
+    if units.iter().any(UnitDef::written) {
+        o.push_str("systemd:\n  units:\n");
+    }
+    for u in units.iter().filter(|u| u.written()) {
+        let _ = writeln!(o, "    - name: {}", u.name);
+        if u.enabled {
+            o.push_str("      enabled: true\n");
+        }
+        if let Some(text) = &u.contents {
+            o.push_str("      contents:");
+            scalar(o, 8, text);
+        }
+        if !u.dropins.is_empty() {
+            o.push_str("      dropins:\n");
+            for (name, text) in &u.dropins {
+                let _ = write!(o, "        - name: {name}\n          contents:");
+                scalar(o, 12, text);
+            }
+        }
+    }
+}
+
 fn scalar(out: &mut String, indent: usize, text: &str) {
     if literal_block_safe(text) {
         out.push_str(" |\n");
@@ -610,26 +635,7 @@ pub fn butane(i: &Install) -> Result<String> {
             );
         }
     }
-    if units.iter().any(UnitDef::written) {
-        o.push_str("systemd:\n  units:\n");
-    }
-    for u in units.iter().filter(|u| u.written()) {
-        let _ = writeln!(o, "    - name: {}", u.name);
-        if u.enabled {
-            o.push_str("      enabled: true\n");
-        }
-        if let Some(text) = &u.contents {
-            o.push_str("      contents:");
-            scalar(&mut o, 8, text);
-        }
-        if !u.dropins.is_empty() {
-            o.push_str("      dropins:\n");
-            for (name, text) in &u.dropins {
-                let _ = write!(o, "        - name: {name}\n          contents:");
-                scalar(&mut o, 12, text);
-            }
-        }
-    }
+    systemd_units(&mut o, &units);
     Ok(o)
 }
 
@@ -685,26 +691,7 @@ pub fn clc(i: &Install) -> Result<String> {
             );
         }
     }
-    if units.iter().any(UnitDef::written) {
-        o.push_str("systemd:\n  units:\n");
-    }
-    for u in units.iter().filter(|u| u.written()) {
-        let _ = writeln!(o, "    - name: {}", u.name);
-        if u.enabled {
-            o.push_str("      enabled: true\n");
-        }
-        if let Some(text) = &u.contents {
-            o.push_str("      contents:");
-            scalar(&mut o, 8, text);
-        }
-        if !u.dropins.is_empty() {
-            o.push_str("      dropins:\n");
-            for (name, text) in &u.dropins {
-                let _ = write!(o, "        - name: {name}\n          contents:");
-                scalar(&mut o, 12, text);
-            }
-        }
-    }
+    systemd_units(&mut o, &units);
     Ok(o)
 }
 
