@@ -10,37 +10,49 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# name           opt  lto   cgu  panic   unwind-tables  features
+# rustflags (beyond +crt-static): - none; nouwt: -C force-unwind-tables=no; nopie: a static
+# executable that is not position-independent (-C relocation-model=static: no ASLR for the image);
+# icf: the linker folds identical functions (lld's --icf=all).
+# name           opt  lto   cgu  panic   rustflags  features
 variants='
-o3-unwind        3    fat   1    unwind  yes            default
-o3-abort         3    fat   1    abort   yes            default
-s-abort          s    fat   1    abort   yes            default
-z-unwind         z    fat   1    unwind  yes            default
-z-abort          z    fat   1    abort   yes            default
-z-abort-thin     z    thin  1    abort   yes            default
-z-abort-nolto    z    off   1    abort   yes            default
-z-abort-cgu16    z    fat   16   abort   yes            default
-z-abort-nouwt    z    fat   1    abort   no             default
-cur-aws          -    -     -    -       -              aws
-cur-vault        -    -     -    -       -              vault
-cur-azure        -    -     -    -       -              azure
-cur-gcp          -    -     -    -       -              gcp
-cur-all          -    -     -    -       -              default
+o3-unwind        3    fat   1    unwind  -          default
+o3-abort         3    fat   1    abort   -          default
+s-abort          s    fat   1    abort   -          default
+z-unwind         z    fat   1    unwind  -          default
+z-abort          z    fat   1    abort   -          default
+z-abort-thin     z    thin  1    abort   -          default
+z-abort-nolto    z    off   1    abort   -          default
+z-abort-cgu16    z    fat   16   abort   -          default
+z-abort-nouwt    z    fat   1    abort   nouwt      default
+z-abort-nopie    z    fat   1    abort   nopie      default
+z-abort-icf      z    fat   1    abort   icf        default
+cur-aws          -    -     -    -       -          aws
+cur-vault        -    -     -    -       -          vault
+cur-azure        -    -     -    -       -          azure
+cur-gcp          -    -     -    -       -          gcp
+cur-all          -    -     -    -       -          default
 '
 want=("$@")
 mkdir -p target/size/bin
 commit=$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo -dirty)
-while read -r name opt lto cgu panic uwt features; do
+while read -r name opt lto cgu panic extra features; do
   [ -n "$name" ] || continue
   if [ ${#want[@]} -gt 0 ] && [[ " ${want[*]} " != *" $name "* ]]; then continue; fi
   dir=target/size/$name
   [ "$opt" = - ] && dir=target/size/shared
-  env=(CARGO_TARGET_DIR="$PWD/$dir" RUSTFLAGS='-C target-feature=+crt-static')
+  rustflags='-C target-feature=+crt-static'
+  case $extra in
+    -) ;;
+    nouwt) rustflags+=' -C force-unwind-tables=no' ;;
+    nopie) rustflags+=' -C relocation-model=static' ;;
+    icf) rustflags+=' -C link-arg=-Wl,--icf=all' ;;
+    *) echo "bench/size.sh: unknown rustflags token $extra" >&2; exit 2 ;;
+  esac
+  env=(CARGO_TARGET_DIR="$PWD/$dir" RUSTFLAGS="$rustflags")
   # `-` keeps what Cargo.toml's [profile.release] says (the cur-* variants: the shipped profile).
   [ "$opt" = - ] || env+=(CARGO_PROFILE_RELEASE_OPT_LEVEL="$opt" CARGO_PROFILE_RELEASE_LTO="$lto"
                           CARGO_PROFILE_RELEASE_CODEGEN_UNITS="$cgu" CARGO_PROFILE_RELEASE_PANIC="$panic"
                           CARGO_PROFILE_RELEASE_STRIP=true)
-  [ "$uwt" = no ] && env[1]="RUSTFLAGS=-C target-feature=+crt-static -C force-unwind-tables=no"
   feat=()
   [ "$features" = default ] || feat=(--no-default-features --features "$features")
   start=$SECONDS
@@ -49,8 +61,8 @@ while read -r name opt lto cgu panic uwt features; do
   bin=$dir/x86_64-unknown-linux-gnu/release/bootsecrets
   cp "$bin" "target/size/bin/$name"
   bytes=$(stat -c %s "$bin")
-  printf '%s\t%s\t%s\topt=%s lto=%s cgu=%s panic=%s unwind-tables=%s features=%s\t%s s\n' \
-    "$commit" "$name" "$bytes" "$opt" "$lto" "$cgu" "$panic" "$uwt" "$features" "$took" | tee -a target/size/sizes.tsv
+  printf '%s\t%s\t%s\topt=%s lto=%s cgu=%s panic=%s rustflags=%s features=%s\t%s s\n' \
+    "$commit" "$name" "$bytes" "$opt" "$lto" "$cgu" "$panic" "$extra" "$features" "$took" | tee -a target/size/sizes.tsv
   [ "$opt" = - ] || rm -rf "$dir"
 done <<< "$variants"
 rm -rf target/size/shared
