@@ -13,6 +13,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,6 +92,13 @@ class OpenBao:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        if self.proc:
+            self.log.close()
+        # Its home is on /dev/shm (memory): removed, unless the log lives there (kept for a look).
+        if self.home in Path(self.log_path).parents:
+            shutil.rmtree(self.home / "tls", ignore_errors=True)
+        else:
+            shutil.rmtree(self.home, ignore_errors=True)
 
     # -- API helpers (root token unless another is given)
     def api(self, method: str, path: str, body=None, token: str = ROOT_TOKEN,
