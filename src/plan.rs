@@ -22,7 +22,7 @@ pub const DEFAULT_OUTPUT_ROOT: &str = "/run/bootsecrets";
 pub const CREDSTORE_ROOT: &str = "/run/credstore";
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(120);
 pub const MAX_DEADLINE_SECONDS: u64 = 3600;
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub const DEFAULT_CONCURRENCY: usize = 64;
 pub const MAX_CONCURRENCY: usize = 64;
 /// The longest random pause before a run's first request to a backend (see
 /// [`Plan::startup_jitter`]).
