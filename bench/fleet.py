@@ -34,6 +34,7 @@ SCENARIOS = {
     "default": ("default settings", "", "get", 0),
     "concurrency-1": ("concurrency = 1", "concurrency = 1", "get", 0),
     "concurrency-4": ("concurrency = 4", "concurrency = 4", "get", 0),
+    "concurrency-16": ("concurrency = 16", "concurrency = 16", "get", 0),
     "concurrency-32": ("concurrency = 32", "concurrency = 32", "get", 0),
     "jitter-0": ("startup_jitter_ms = 0", "startup_jitter_ms = 0", "get", 0),
     "jitter-5s": ("startup_jitter_ms = 5000", "startup_jitter_ms = 5000", "get", 0),
