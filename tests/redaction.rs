@@ -42,6 +42,7 @@ fn values_tokens_and_credentials_print_a_placeholder() {
     let az = bootsecrets::identity::azure_imds::AccessToken {
         token: SecretString::new(CANARY.into()),
         expires_on: None,
+        client_id: Some("00000000-0000-0000-0000-000000000001".into()),
     };
     assert_redacted("azure_imds::AccessToken", format!("{az:?}"));
 

@@ -320,14 +320,18 @@ pub struct AzureBackend {
     identity: String,
 }
 
-/// The identity a backend uses, as its messages name it.
-fn identity_shown(cfg: &AzureConfig) -> String {
+/// The identity a backend uses, as its messages name it, with the client id IMDS reported for
+/// it when the manifest did not name it that way: what a role assignment is given to.
+fn identity_shown(cfg: &AzureConfig, client_id: Option<&str>) -> String {
     use crate::identity::azure_imds::UserAssignedId as U;
+    let client = client_id
+        .map(|c| format!(" (client_id {c})"))
+        .unwrap_or_default();
     match &cfg.imds.identity {
-        None => "the VM's system-assigned managed identity".to_string(),
+        None => format!("the VM's system-assigned managed identity{client}"),
         Some(U::ClientId(v)) => format!("the user-assigned identity with client_id {v}"),
-        Some(U::ObjectId(v)) => format!("the user-assigned identity with object_id {v}"),
-        Some(U::ResourceId(v)) => format!("the user-assigned identity {v}"),
+        Some(U::ObjectId(v)) => format!("the user-assigned identity with object_id {v}{client}"),
+        Some(U::ResourceId(v)) => format!("the user-assigned identity {v}{client}"),
     }
 }
 
@@ -388,6 +392,7 @@ impl AzureBackend {
             .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
             .and_then(|d| OffsetDateTime::from_unix_timestamp(d.as_secs() as i64).ok())
             .unwrap_or_else(|| OffsetDateTime::now_utc() + Duration::from_secs(3600));
+        let identity = identity_shown(cfg, token.client_id.as_deref());
         let credential = Arc::new(ImdsToken {
             resource: cfg.resource.clone(),
             token: token.token,
@@ -416,7 +421,7 @@ impl AzureBackend {
             client,
             resource: cfg.resource.clone(),
             vault_url: cfg.vault_url.clone(),
-            identity: identity_shown(cfg),
+            identity,
         })
     }
 

@@ -134,6 +134,9 @@ pub struct AccessToken {
     pub token: SecretString,
     /// From `expires_on`, when IMDS gives it.
     pub expires_on: Option<SystemTime>,
+    /// The identity's client id, from the answer's `client_id` when it is a GUID: what an
+    /// operator grants access to, named in messages (not secret).
+    pub client_id: Option<String>,
 }
 
 impl fmt::Debug for AccessToken {
@@ -141,6 +144,7 @@ impl fmt::Debug for AccessToken {
         f.debug_struct("AccessToken")
             .field("token", &self.token)
             .field("expires_on", &self.expires_on)
+            .field("client_id", &self.client_id)
             .finish()
     }
 }
@@ -161,6 +165,8 @@ struct TokenResponse {
     access_token: SecretString,
     #[serde(default)]
     expires_on: Option<serde_json::Value>,
+    #[serde(default)]
+    client_id: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +243,8 @@ impl AzureImdsSettings {
         Ok(AccessToken {
             token: t.access_token,
             expires_on,
+            // Anything but a GUID is not quoted: the answer's text never reaches a message.
+            client_id: t.client_id.filter(|c| is_guid(c)),
         })
     }
 
@@ -354,6 +362,7 @@ mod tests {
         let t = AccessToken {
             token: SecretString::new("eyJ-token-canary".into()),
             expires_on: None,
+            client_id: None,
         };
         assert!(!format!("{t:?}").contains("canary"));
     }

@@ -147,6 +147,14 @@ def test_user_assigned_identity_selection(azure_imds_factory, key_vault_factory,
     # The system-assigned identity is not allowed by the vault's RBAC: a clear, permanent denial.
     r = bootsecrets(azure_manifest(outdir, imds, kv, [{"path": "db", "ref": "db"}]))
     assert r.code == 1 and "ForbiddenByRbac" in r.stderr, r
+    assert f"system-assigned managed identity (client_id {imds.system.client_id})" in r.stderr, r
+    # Selected by object id, a denial names the client id IMDS reported as well.
+    kv.allow_only(imds.user(0).object_id)
+    r = bootsecrets(azure_manifest(outdir, imds, kv, [{"path": "db", "ref": "db"}],
+                                   backend_extra=f'object_id = "{b.object_id}"'))
+    assert r.code == 1, r
+    assert (f"user-assigned identity with object_id {b.object_id} (client_id {b.client_id})"
+            in r.stderr), r
     # An identity that is not attached to the VM stays "not found" until the deadline.
     r = bootsecrets(azure_manifest(outdir, imds, kv, [{"path": "db", "ref": "db"}],
                                    settings="deadline_seconds = 2",

@@ -149,7 +149,9 @@ def test_azure_versions_and_rbac(azure_imds, key_vault, outdir, tmp_path):
     m = azure_manifest(outdir, azure_imds, key_vault, [{"path": "x", "ref": "db"},
                                                        {"path": "y", "ref": "nope"}])
     code, report, _ = doctor(m, tmp_path, cmdline="ignition.platform.id=azure")
-    assert "system-assigned managed identity" in finding(report, "identity `kv`")["detail"]
+    # The client id IMDS reported is what an operator grants the vault role to.
+    assert (f"system-assigned managed identity (client_id {azure_imds.system.client_id})"
+            in finding(report, "identity `kv`")["detail"])
     assert finding(report, "secret `x`")["status"] == "ok"
     y = finding(report, "secret `y`")
     assert y["status"] == "fail" and "not found" in y["detail"], y

@@ -113,7 +113,8 @@ def test_azure_denied_and_missing_name_the_vault_and_the_identity(azure_imds, ke
     r = bootsecrets(azure_manifest(outdir, azure_imds, key_vault, [{"path": "x", "ref": "db"}]))
     assert r.code == 1, r
     assert (f"(ForbiddenByRbac, HTTP 403) (vault {key_vault.vault_url}, asked by the VM's "
-            "system-assigned managed identity)") in r.stderr, r
+            f"system-assigned managed identity (client_id {azure_imds.system.client_id}))"
+            ) in r.stderr, r
 
 
 def test_gcp_denied_and_missing_name_the_project_and_the_account(gce_metadata, secret_manager,
