@@ -29,7 +29,17 @@ pub struct Status {
     pub data: Option<String>,
     pub run: RunStatus,
     /// The published set, one entry per file.
-    pub secrets: serde_json::Value,
+    pub secrets: SecretList,
+}
+
+/// The `secrets` list: written from the run's own records when it publishes (not through a
+/// `serde_json::Value`, which costs a map per entry: 2 MB for 1000 secrets), or the previous
+/// file's list carried over when it publishes nothing.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum SecretList {
+    Published(Vec<SecretStatus>),
+    Carried(serde_json::Value),
 }
 
 #[derive(Debug, Serialize)]

@@ -115,7 +115,7 @@ pub(super) fn status_of(
                 .collect();
             (
                 Some(publication.version.clone()),
-                serde_json::to_value(list).unwrap_or_default(),
+                status::SecretList::Published(list),
             )
         }
         Outcome::Failed(e) => {
@@ -125,7 +125,10 @@ pub(super) fn status_of(
             };
             run.exit_code = e.exit_code();
             run.error = Some(format!("{:#}", e.inner()));
-            (cx.previous.data.clone(), cx.previous.secrets.clone())
+            (
+                cx.previous.data.clone(),
+                status::SecretList::Carried(cx.previous.secrets.clone()),
+            )
         }
     };
     status::Status {
