@@ -33,7 +33,7 @@ pub struct Status {
 }
 
 /// The `secrets` list: written from the run's own records when it publishes (not through a
-/// `serde_json::Value`, which costs a map per entry: 2 MB for 1000 secrets), or the previous
+/// `serde_json::Value`, which costs a map per entry: 2.2 MB of the heap's peak for 1000 secrets), or the previous
 /// file's list carried over when it publishes nothing.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]

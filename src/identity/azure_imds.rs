@@ -222,30 +222,9 @@ impl AzureImdsSettings {
             query.push(id.query());
         }
         let body = self.get(TOKEN_PATH, &query, &what).await?;
-        let t: TokenResponse = serde_json::from_slice(&body).map_err(|_| {
-            FetchError::permanent(format!("{what}: the answer is not the expected token JSON"))
-        })?;
-        if t.access_token.expose().is_empty() {
-            return Err(FetchError::permanent(format!(
-                "{what}: the answer holds an empty access token"
-            )));
-        }
-        // `expires_on` is seconds since the epoch, as a string (sometimes as a number).
-        let expires_on = t
-            .expires_on
-            .and_then(|v| match v {
-                serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
-                serde_json::Value::Number(n) => n.as_u64(),
-                _ => None,
-            })
-            .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+        let token = parse_token(&body, &what)?;
         log::debug!("{what}: token obtained");
-        Ok(AccessToken {
-            token: t.access_token,
-            expires_on,
-            // Anything but a GUID is not quoted: the answer's text never reaches a message.
-            client_id: t.client_id.filter(|c| is_guid(c)),
-        })
+        Ok(token)
     }
 
     /// One attempt at the VM's compute metadata.
@@ -266,6 +245,33 @@ impl AzureImdsSettings {
             vm_scale_set_name: c.vm_scale_set_name.filter(|s| !s.is_empty()),
         })
     }
+}
+
+/// A 200 answer's token JSON. Its text never reaches a message: only a `client_id` that is a
+/// GUID is kept, to name the identity.
+fn parse_token(body: &[u8], what: &str) -> Result<AccessToken, FetchError> {
+    let t: TokenResponse = serde_json::from_slice(body).map_err(|_| {
+        FetchError::permanent(format!("{what}: the answer is not the expected token JSON"))
+    })?;
+    if t.access_token.expose().is_empty() {
+        return Err(FetchError::permanent(format!(
+            "{what}: the answer holds an empty access token"
+        )));
+    }
+    // `expires_on` is seconds since the epoch, as a string (sometimes as a number).
+    let expires_on = t
+        .expires_on
+        .and_then(|v| match v {
+            serde_json::Value::String(s) => s.trim().parse::<u64>().ok(),
+            serde_json::Value::Number(n) => n.as_u64(),
+            _ => None,
+        })
+        .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+    Ok(AccessToken {
+        token: t.access_token,
+        expires_on,
+        client_id: t.client_id.filter(|c| is_guid(c)),
+    })
 }
 
 /// Classifies a non-200 IMDS answer from its status and, for 400, its OAuth error fields (read,
@@ -355,6 +361,34 @@ mod tests {
         for s in [401, 403, 405] {
             assert!(!classify_status(s, b"", "x").is_transient(), "{s}");
         }
+    }
+
+    #[test]
+    fn a_token_answer_keeps_a_guid_client_id_and_nothing_else_of_its_text() {
+        let t = parse_token(
+            br#"{"access_token":"eyJ-canary","client_id":"0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0","expires_on":"1700000000"}"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            t.client_id.as_deref(),
+            Some("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+        );
+        assert_eq!(
+            t.expires_on,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        let t = parse_token(
+            br#"{"access_token":"eyJ-canary","client_id":"<script>not-a-guid","expires_on":1700000000}"#,
+            "x",
+        )
+        .unwrap();
+        assert_eq!(t.client_id, None, "only a GUID is quoted");
+        assert!(t.expires_on.is_some(), "a number is accepted too");
+        let e = parse_token(br#"{"access_token":""}"#, "x").unwrap_err();
+        assert!(e.message.contains("empty access token"), "{}", e.message);
+        let e = parse_token(br#"{"token":"eyJ-canary"}"#, "x").unwrap_err();
+        assert!(!e.message.contains("canary"), "never quotes the body");
     }
 
     #[test]
