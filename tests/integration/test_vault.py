@@ -215,6 +215,34 @@ def test_approle_with_inline_role_id_file_secret_id_and_revocation(
     assert r.code == 1 and "invalid role_id or secret_id" in r.stderr and r.elapsed < 15, r
 
 
+def test_an_inline_role_id_without_a_secret_id_is_refused(bao, kv, outdir, credfile, bootsecrets):
+    """A role with bind_secret_id = false logs in with its role_id alone: inline, that is a whole
+    credential in a world-readable manifest and in the instance's user data. `check --offline`
+    (what CI runs on user data), `check` and `run` refuse it; the same role_id from a root-only
+    role_id_file logs in."""
+    mount = f"approle-{uuid.uuid4().hex[:6]}"
+    bao.enable_auth(mount, "approle")
+    bao.api("POST", f"auth/{mount}/role/open", {"token_policies": [kv], "bind_secret_id": False,
+                                                "token_bound_cidrs": ["127.0.0.1/32"]})
+    role_id = bao.api("GET", f"auth/{mount}/role/open/role-id")["data"]["role_id"]
+    bao.put(kv, "k", {"v": "role-id-alone"})
+    secrets = [{"path": "v", "ref": f"{kv}/k", "field": "v"}]
+    inline = vault_manifest(outdir, bao.url, {"method": "approle", "mount": mount,
+                                              "role_id": role_id}, secrets)
+    for command, args in (("check", ("--offline",)), ("check", ()), ("run", ())):
+        r = bootsecrets(inline, *args, command=command)
+        assert r.code == 2, r
+        assert "inline role_id with no secret_id_file is a complete login credential" in r.stderr, r
+        assert "role_id_file" in r.stderr, r
+    assert not (outdir / "v").exists()
+    rid = credfile("role_id", role_id)
+    r = bootsecrets(vault_manifest(outdir, bao.url, {"method": "approle", "mount": mount,
+                                                     "role_id_file": str(rid)}, secrets))
+    assert r.code == 0, r
+    assert (outdir / "v").read_bytes() == b"role-id-alone"
+    assert role_id not in r.output
+
+
 def test_approle_wrapped_secret_id_works_once(bao, kv, outdir, credfile, bootsecrets):
     mount = f"approle-{uuid.uuid4().hex[:6]}"
     bao.enable_auth(mount, "approle")

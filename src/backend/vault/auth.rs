@@ -158,6 +158,20 @@ pub fn plan(e: &VaultAuthEntry, _env: EnvLookup<'_>) -> Result<AuthConfig, Vec<S
             if a.secret_id_wrapped == Some(true) && secret_id_file.is_none() {
                 errors.push("auth: secret_id_wrapped needs secret_id_file".to_string());
             }
+            // A role without a bound secret_id logs in with the role_id alone: written inline, it
+            // is a complete credential in a file anything on the node may read, and in the
+            // instance's user data, which anything on the node may fetch from its metadata.
+            if matches!(role_id, RoleId::Inline(_)) && secret_id_file.is_none() {
+                errors.push(
+                    "auth: an inline role_id with no secret_id_file is a complete login \
+                     credential (a role with bind_secret_id = false asks for nothing else), and \
+                     the manifest is readable by anything on the node and part of the instance's \
+                     user data: put the role_id in role_id_file (a root-only file placed at \
+                     provisioning, not in user data), or bind a secret_id and name its \
+                     secret_id_file"
+                        .to_string(),
+                );
+            }
             AuthConfig::AppRole {
                 mount: mount(&a.mount, "approle", &mut errors),
                 role_id,
