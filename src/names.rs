@@ -11,6 +11,9 @@ pub const DATA_LINK: &str = "..data";
 pub const VERSION_PREFIX: &str = "..v-";
 /// Temporary links and files, renamed into place or removed.
 pub const LINK_TMP_PREFIX: &str = "..tmp-";
+/// The file whose `flock` serialises runs: root's own (mode 0600), so that no consumer who may
+/// open the root itself (a `root_group` member) can hold the lock and stall every later run.
+pub const LOCK_FILE: &str = "..lock";
 /// The status of the last run, in the root (see docs/manifest.md).
 pub const STATUS_FILE: &str = ".status.json";
 /// Names starting with this are bootsecrets' own temporary files; outputs may not use it.

@@ -121,7 +121,7 @@ mod tests {
             .unwrap();
         assert!(!p.any_change(), "the record taken before the flip holds");
         assert!(!root.join(&v1).exists(), "the leftover version is removed");
-        assert_eq!(names(&root).len(), 3, "{:?}", names(&root));
+        assert_eq!(names(&root).len(), 4, "{:?}", names(&root));
         drop(r);
         std::fs::remove_dir_all(&root).unwrap();
     }

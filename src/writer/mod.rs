@@ -25,8 +25,10 @@
 //! * Names bootsecrets manages are reserved (see [`crate::names`]): `..data`, `..v-*`, `..tmp-*`
 //!   and `.status.json`; an existing top-level entry that is not a symlink into `..data` is
 //!   refused, never replaced.
-//! * An exclusive `flock` on the root serialises concurrent runs (boot and refresh); leftovers of
-//!   a killed run (version directories not in use, temporary links) are removed.
+//! * An exclusive `flock` on `..lock`, a root-only file (0600) in the root, serialises concurrent
+//!   runs (boot and refresh): not on the root directory itself, which a `root_group` member can
+//!   open and lock. Leftovers of a killed run (version directories not in use, temporary links)
+//!   are removed.
 //!
 //! One file per concern: [`root`] opens and checks the root and keeps the status file,
 //! [`publish`] decides what changed and publishes a set, [`cleanup`] removes what is no longer
@@ -47,7 +49,7 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-pub use crate::names::{DATA_LINK, LINK_TMP_PREFIX, STATUS_FILE, VERSION_PREFIX};
+pub use crate::names::{DATA_LINK, LINK_TMP_PREFIX, LOCK_FILE, STATUS_FILE, VERSION_PREFIX};
 pub use root::in_memory;
 
 /// How the output root must look.
@@ -98,7 +100,10 @@ pub struct KnownSet {
 
 /// An opened, locked, checked output root.
 pub struct OutputRoot {
-    fd: Flock<OwnedFd>,
+    /// The root directory.
+    fd: OwnedFd,
+    /// `..lock`, held with `LOCK_EX` for as long as this value lives.
+    _lock: Flock<OwnedFd>,
     spec: RootSpec,
 }
 

@@ -394,6 +394,7 @@ fn unchanged(
 mod tests {
     use super::super::testutil::*;
     use super::*;
+    use crate::names::LOCK_FILE;
     use crate::names::RelPath;
     use crate::secret::Secret;
     use std::os::unix::fs::PermissionsExt;
@@ -426,7 +427,13 @@ mod tests {
         assert_eq!(mode(&root.join(&v)), 0o700);
         assert_eq!(
             names(&root),
-            vec![DATA_LINK.to_string(), v, "a".into(), "sub".into()]
+            vec![
+                DATA_LINK.to_string(),
+                LOCK_FILE.to_string(),
+                v,
+                "a".into(),
+                "sub".into()
+            ]
         );
         assert_eq!(
             std::fs::read_link(root.join("a")).unwrap(),

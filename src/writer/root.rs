@@ -2,14 +2,14 @@
 //! ACL), locked, and the home of the status file.
 
 use super::{OutputRoot, RootSpec, STATUS_FILE, dir_flags, open_dir, set_owner_mode};
-use crate::names::LINK_TMP_PREFIX;
+use crate::names::{LINK_TMP_PREFIX, LOCK_FILE};
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat, renameat};
 use nix::sys::stat::Mode;
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
@@ -39,6 +39,33 @@ fn acl_on(fd: BorrowedFd<'_>) -> Result<Option<&'static str>, Errno> {
         }
     }
     Ok(None)
+}
+
+/// Opens (creating if needed) the root's lock file: a regular file of the running user's (root on
+/// a node) with mode 0600, so that only root can open it, and so lock it. A link there is refused.
+fn lock_file(root: BorrowedFd<'_>, shown: &Path) -> Result<OwnedFd> {
+    let path = shown.join(LOCK_FILE);
+    let fd = openat(
+        root,
+        LOCK_FILE,
+        OFlag::O_RDONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .with_context(|| format!("cannot open the lock file {}", path.display()))?;
+    let st = nix::sys::stat::fstat(fd.as_fd())
+        .with_context(|| format!("cannot stat {}", path.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if nix::sys::stat::SFlag::from_bits_truncate(st.st_mode) & nix::sys::stat::SFlag::S_IFMT
+        != nix::sys::stat::SFlag::S_IFREG
+        || st.st_uid != me
+    {
+        bail!(
+            "{} is not a regular file of uid {me}: someone else put it there; remove it",
+            path.display()
+        );
+    }
+    set_owner_mode(fd.as_fd(), me, st.st_gid, 0o600, &path)?;
+    Ok(fd)
 }
 
 impl OutputRoot {
@@ -131,26 +158,30 @@ impl OutputRoot {
             );
         }
         set_owner_mode(root.as_fd(), spec.uid, spec.gid, spec.mode, &shown)?;
+        let lock = lock_file(root.as_fd(), &shown)?;
         // Another run (a refresh, a manual run) may hold the lock for a while: wait for it, up
         // to `lock_wait`, rather than fail the boot.
         let until = std::time::Instant::now() + spec.lock_wait;
-        let mut root = root;
-        let fd = loop {
-            match Flock::lock(root, FlockArg::LockExclusiveNonblock) {
+        let mut lock = lock;
+        let lock = loop {
+            match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
                 Ok(fd) => break fd,
                 Err((back, Errno::EWOULDBLOCK)) if std::time::Instant::now() < until => {
-                    root = back;
+                    lock = back;
                     std::thread::sleep(std::time::Duration::from_millis(200));
                 }
                 Err((_, e)) => bail!(
-                    "output root {} is locked by another bootsecrets run ({e}; waited {} s)",
+                    "output root {} is locked by another bootsecrets run ({e}; waited {} s for \
+                     {}/{LOCK_FILE})",
                     shown.display(),
-                    spec.lock_wait.as_secs()
+                    spec.lock_wait.as_secs(),
+                    shown.display()
                 ),
             }
         };
         Ok(OutputRoot {
-            fd,
+            fd: root,
+            _lock: lock,
             spec: spec.clone(),
         })
     }
@@ -306,7 +337,10 @@ mod tests {
         r.write_status(b"{\"a\":2}").unwrap();
         assert_eq!(std::fs::read(root.join(STATUS_FILE)).unwrap(), b"{\"a\":2}");
         assert_eq!(mode(&root.join(STATUS_FILE)), 0o600);
-        assert_eq!(names(&root), vec![STATUS_FILE.to_string()]);
+        assert_eq!(
+            names(&root),
+            vec![LOCK_FILE.to_string(), STATUS_FILE.to_string()]
+        );
         drop(r);
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -163,8 +163,8 @@ def test_rotation_flips_the_set_and_an_unchanged_run_does_not(moto, imds, outdir
     assert r.code == 0, r
     assert os.readlink(outdir / "..data") != first
     assert (outdir / "a").read_bytes() == b"v2"
-    assert sorted(os.listdir(outdir)) == sorted(["..data", os.readlink(outdir / "..data"), "a",
-                                                 ".status.json"])
+    assert sorted(os.listdir(outdir)) == sorted(["..data", "..lock", os.readlink(outdir / "..data"),
+                                                 "a", ".status.json"])
 
 
 def test_leftovers_of_a_killed_run_are_removed(moto, imds, outdir, name, bootsecrets):
@@ -176,8 +176,8 @@ def test_leftovers_of_a_killed_run_are_removed(moto, imds, outdir, name, bootsec
     (outdir / ".bootsecrets-tmp.123.00000000deadbeef").write_text("half")
     r = bootsecrets(aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}]))
     assert r.code == 0, r
-    assert sorted(os.listdir(outdir)) == sorted(["..data", os.readlink(outdir / "..data"), "a",
-                                                 ".status.json"])
+    assert sorted(os.listdir(outdir)) == sorted(["..data", "..lock", os.readlink(outdir / "..data"),
+                                                 "a", ".status.json"])
 
 
 def test_status_file_describes_the_set_and_the_last_run(moto, imds, outdir, name, bootsecrets):
@@ -220,7 +220,8 @@ def test_a_run_waits_for_another_runs_lock(moto, imds, outdir, name, bootsecrets
     import time
     moto.client("secretsmanager").create_secret(Name=f"{name}/a", SecretString="after-wait")
     outdir.mkdir(mode=0o700)
-    fd = os.open(outdir, os.O_RDONLY | os.O_DIRECTORY)
+    # Another run holds the lock: root's own lock file in the root.
+    fd = os.open(outdir / "..lock", os.O_RDONLY | os.O_CREAT, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)
     threading.Timer(2.0, lambda: os.close(fd)).start()
     start = time.monotonic()
@@ -243,3 +244,52 @@ def test_a_new_root_group_rewrites_the_set_with_the_new_directory_modes(moto, im
     assert second != first, "same values, but the directories must change: rewritten"
     assert stat.S_IMODE((outdir / second).stat().st_mode) == 0o750
     assert stat.S_IMODE((outdir / second / "d").stat().st_mode) == 0o750
+
+
+HOLDER = r"""
+import fcntl, os, sys, time
+root = sys.argv[1]
+fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+try:
+    os.open(os.path.join(root, "..lock"), os.O_RDONLY)
+    print("lock file: opened", flush=True)
+except PermissionError:
+    print("lock file: denied", flush=True)
+except FileNotFoundError:
+    print("lock file: absent", flush=True)
+print("holding", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs a consumer as nobody")
+def test_a_root_group_member_cannot_hold_the_lock_of_later_runs(moto, imds, outdir, name,
+                                                                 bootsecrets):
+    """A consumer in root_group can open the root directory, and lock it: the runs' lock is a
+    root-only file in it instead, so a refresh goes on while the consumer holds what it can."""
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString="one")
+    m = aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a", "mode": "0440",
+                                           "group": "nogroup"}],
+                     settings='root_group = "nogroup"\ndeadline_seconds = 6')
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    holder = subprocess.Popen(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         "/usr/bin/python3", "-c", HOLDER, str(outdir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        lines = [holder.stdout.readline().strip(), holder.stdout.readline().strip()]
+        assert lines[1] == "holding", lines
+        sm.put_secret_value(SecretId=f"{name}/a", SecretString="two")
+        r = bootsecrets(m)
+        assert r.code == 0, r
+        assert "locked" not in r.stderr, r
+        assert (outdir / "a").read_bytes() == b"two"
+        assert lines[0] == "lock file: denied", lines
+        st = (outdir / "..lock").lstat()
+        assert stat.S_ISREG(st.st_mode) and (stat.S_IMODE(st.st_mode), st.st_uid) == (0o600, 0)
+    finally:
+        holder.kill()
+        holder.wait()
