@@ -184,8 +184,28 @@ fn check(cli: &Cli, args: &CheckArgs) -> ExitCode {
         plan::load(&cli.manifest)
     };
     match loaded {
-        Ok(p) => {
+        Ok(mut p) => {
+            // What only this node can tell: the files the backends read, the on_change
+            // programs. An error only where a run would fail now; the rest warned of, with why.
+            let (errors, warnings) = if args.offline {
+                Default::default()
+            } else {
+                let skipped = runner::skipped_secrets(&p).into_iter().map(|(i, _)| i);
+                p.node_findings(&skipped.collect())
+            };
+            p.warnings.extend(warnings);
             print!("{}", p.describe());
+            if !errors.is_empty() {
+                let n = errors.len();
+                eprintln!(
+                    "bootsecrets: error: manifest {} is valid, but a run on this node would fail: \
+                     {n} problem{}:\n  - {}",
+                    cli.manifest.display(),
+                    if n == 1 { "" } else { "s" },
+                    errors.join("\n  - ")
+                );
+                return ExitCode::from(2);
+            }
             if args.offline {
                 println!(
                     "manifest {} is valid (offline: users, groups and the files it names are \

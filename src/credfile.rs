@@ -286,7 +286,44 @@ fn check_size(st: &nix::sys::stat::FileStat) -> Result<(), String> {
     Ok(())
 }
 
-/// Check at validation time: the file exists, is absolute, and has safe ownership and mode.
+/// A file a backend reads on the node when it connects: the manifest key that names it, the path
+/// and how strict its mode must be. Planning checks only its form ([`check_form`]); whether it
+/// exists and is safe is checked when this run needs the backend ([`check`]), so a backend used
+/// only by a skipped or optional secret never fails the whole run for a file it does not need.
+#[derive(Debug, Clone)]
+pub struct NodeFile {
+    pub key: String,
+    pub path: String,
+    pub kind: Kind,
+}
+
+impl NodeFile {
+    pub fn new(key: impl Into<String>, path: &str, kind: Kind) -> NodeFile {
+        NodeFile {
+            key: key.into(),
+            path: path.to_string(),
+            kind,
+        }
+    }
+
+    /// [`check`] of this file.
+    pub fn check(&self) -> Result<(), String> {
+        check(&self.key, &self.path, self.kind)
+    }
+}
+
+/// The form of a path the manifest names for the node: absolute, no NUL.
+pub fn check_form(what: &str, path: &str) -> Result<(), String> {
+    if !Path::new(path).is_absolute() {
+        return Err(format!("{what} `{path}` must be an absolute path"));
+    }
+    if path.contains('\0') {
+        return Err(format!("{what} must not contain NUL"));
+    }
+    Ok(())
+}
+
+/// Check on the node: the file exists, is absolute, and has safe ownership and mode.
 /// `what` names the manifest key in messages. With `check --offline` only the path's form is
 /// checked (the file belongs to the node, not to the machine validating).
 pub fn check(what: &str, path: &str, kind: Kind) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! bootsecrets: fetch a node's secrets at boot with its cloud instance identity and write them
 //! atomically to a tmpfs, before kubelet starts. See docs/design.md for the data flow.
 
+pub mod accounts;
 pub mod backend;
 pub mod cli;
 pub mod credfile;
@@ -23,4 +24,5 @@ pub mod secret;
 pub mod settings;
 pub mod status;
 pub mod units;
+pub mod varlink;
 pub mod writer;

@@ -12,7 +12,7 @@ use crate::names::RelPath;
 use crate::settings::{DEFAULT_MAX_RESPONSE, DEFAULT_MAX_SECRET};
 use crate::settings::{EnvLookup, Limits, MAX_LIMIT, process_env};
 use anyhow::{Context, Result, anyhow};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -71,6 +71,17 @@ pub struct SecretPlan {
     pub optional: bool,
 }
 
+/// The secrets that use one backend in a run, by kind of need (indexes into `Plan::secrets`).
+#[derive(Debug, Default)]
+pub struct Need {
+    /// Fetched, and the run fails without them.
+    pub required: Vec<usize>,
+    /// Fetched; a failure is a warning.
+    pub optional: Vec<usize>,
+    /// Not fetched: their `unless_exists` path exists.
+    pub skipped: Vec<usize>,
+}
+
 #[derive(Debug)]
 pub struct Plan {
     /// The real path of the manifest this plan was read from (`None` for a plan built in memory):
@@ -89,6 +100,8 @@ pub struct Plan {
     /// from a local metadata service is established meanwhile.
     pub startup_jitter: Duration,
     pub backends: BTreeMap<String, BackendConfig>,
+    /// The files each backend reads on the node when it connects ([`Plan::check_files`]).
+    pub files: BTreeMap<String, Vec<crate::credfile::NodeFile>>,
     pub secrets: Vec<SecretPlan>,
     /// Not errors, but worth telling the operator (printed by `check` and `run -v`).
     pub warnings: Vec<String>,
@@ -188,26 +201,16 @@ fn unresolved(s: &str) -> Option<Principal> {
 }
 
 fn resolve_user_id(s: &str) -> Result<Principal, String> {
-    if let Ok(id) = s.parse::<u32>() {
-        return Ok(Principal {
-            name: s.to_string(),
-            id,
-        });
-    }
-    if let Some(p) = unresolved(s) {
-        return Ok(p);
-    }
-    match nix::unistd::User::from_name(s) {
-        Ok(Some(u)) => Ok(Principal {
-            name: s.to_string(),
-            id: u.uid.as_raw(),
-        }),
-        Ok(None) => Err(format!("user `{s}` does not exist")),
-        Err(e) => Err(format!("cannot look up user `{s}`: {e}")),
-    }
+    resolve_id(s, crate::accounts::Db::Passwd)
 }
 
 fn resolve_group_id(s: &str) -> Result<Principal, String> {
+    resolve_id(s, crate::accounts::Db::Group)
+}
+
+/// A number is an id as it is; a name is looked up the way the node's OS defines it, without
+/// NSS (see [`crate::accounts`]).
+fn resolve_id(s: &str, db: crate::accounts::Db) -> Result<Principal, String> {
     if let Ok(id) = s.parse::<u32>() {
         return Ok(Principal {
             name: s.to_string(),
@@ -217,17 +220,14 @@ fn resolve_group_id(s: &str) -> Result<Principal, String> {
     if let Some(p) = unresolved(s) {
         return Ok(p);
     }
-    match nix::unistd::Group::from_name(s) {
-        Ok(Some(g)) => Ok(Principal {
-            name: s.to_string(),
-            id: g.gid.as_raw(),
-        }),
-        Ok(None) => Err(format!("group `{s}` does not exist")),
-        Err(e) => Err(format!("cannot look up group `{s}`: {e}")),
-    }
+    crate::accounts::id_of(db, s).map(|id| Principal {
+        name: s.to_string(),
+        id,
+    })
 }
 
-fn current_user() -> Principal {
+/// The running user or group, by name where a source names it, else by number.
+fn current(db: crate::accounts::Db, id: u32) -> Principal {
     if crate::settings::offline() {
         // On the node the unit runs bootsecrets as root.
         return Principal {
@@ -235,35 +235,18 @@ fn current_user() -> Principal {
             id: 0,
         };
     }
-    let uid = nix::unistd::geteuid();
-    let name = nix::unistd::User::from_uid(uid)
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| uid.to_string());
     Principal {
-        name,
-        id: uid.as_raw(),
+        name: crate::accounts::name_of(db, id).unwrap_or_else(|| id.to_string()),
+        id,
     }
 }
 
+fn current_user() -> Principal {
+    current(crate::accounts::Db::Passwd, nix::unistd::geteuid().as_raw())
+}
+
 fn current_group() -> Principal {
-    if crate::settings::offline() {
-        return Principal {
-            name: "root".into(),
-            id: 0,
-        };
-    }
-    let gid = nix::unistd::getegid();
-    let name = nix::unistd::Group::from_gid(gid)
-        .ok()
-        .flatten()
-        .map(|g| g.name)
-        .unwrap_or_else(|| gid.to_string());
-    Principal {
-        name,
-        id: gid.as_raw(),
-    }
+    current(crate::accounts::Db::Group, nix::unistd::getegid().as_raw())
 }
 
 /// Directories others use too: never an output root (`/` is refused as well).
@@ -463,6 +446,11 @@ impl Plan {
         };
 
         let mut backends = BTreeMap::new();
+        let files: BTreeMap<String, Vec<crate::credfile::NodeFile>> = m
+            .backend
+            .iter()
+            .map(|(name, entry)| (name.clone(), backend::node_files(entry)))
+            .collect();
         for (name, entry) in &m.backend {
             if !valid_backend_name(name) {
                 errors.push(format!(
@@ -544,6 +532,29 @@ impl Plan {
         }
         warnings.extend(unit_timeouts(deadline, &backends, &secrets));
         if !errors.is_empty() {
+            // The manifest needs fixing anyway: say at once what the node lacks as well.
+            for (name, fs) in &files {
+                for p in check_node_files(fs) {
+                    errors.push(format!(
+                        "backend `{name}`: {p} (on this node; a run checks it when it needs the \
+                         backend)"
+                    ));
+                }
+            }
+            for e in m
+                .secret
+                .iter()
+                .filter_map(|e| e.on_change.as_ref()?.first())
+            {
+                if e.starts_with('/')
+                    && !crate::settings::offline()
+                    && let Err(p) = crate::credfile::check_executable("on_change command", e)
+                {
+                    errors.push(format!(
+                        "{p} (on this node; checked again when it is about to run)"
+                    ));
+                }
+            }
             let n = errors.len();
             return Err(anyhow!(
                 "{n} problem{}:\n  - {}",
@@ -563,9 +574,110 @@ impl Plan {
             concurrency,
             startup_jitter,
             backends,
+            files,
             secrets,
             warnings,
         })
+    }
+
+    /// Every problem with the files backend `name` reads when it connects (missing, unsafe
+    /// owner or mode): what a run that needs the backend fails on before any request.
+    pub fn check_files(&self, name: &str) -> Vec<String> {
+        self.files
+            .get(name)
+            .map(|f| check_node_files(f))
+            .unwrap_or_default()
+    }
+
+    /// Which secrets need backend `name` in a run that skips `skipped` (indexes, from
+    /// `unless_exists`), by kind of need.
+    pub fn needs(&self, name: &str, skipped: &BTreeSet<usize>) -> Need {
+        let mut need = Need::default();
+        for (i, s) in self.secrets.iter().enumerate() {
+            if s.backend != name {
+                continue;
+            }
+            if skipped.contains(&i) {
+                need.skipped.push(i);
+            } else if s.optional {
+                need.optional.push(i);
+            } else {
+                need.required.push(i);
+            }
+        }
+        need
+    }
+
+    /// What only the node can tell about this plan (`check` on a node, `doctor`): the files each
+    /// backend reads when it connects, and the `on_change` programs. Returns the errors (what a
+    /// run would fail on now) and the warnings (what it would not: a backend that only skipped or
+    /// optional secrets use, a program that only a refresh runs), each with its reason.
+    pub fn node_findings(&self, skipped: &BTreeSet<usize>) -> (Vec<String>, Vec<String>) {
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        for name in self.backends.keys() {
+            let problems = self.check_files(name);
+            if problems.is_empty() {
+                continue;
+            }
+            let need = self.needs(name, skipped);
+            for p in problems {
+                if !need.required.is_empty() {
+                    errors.push(format!(
+                        "backend `{name}`, needed by secret(s) {}: {p}",
+                        self.quoted(&need.required)
+                    ));
+                } else if !need.optional.is_empty() {
+                    warnings.push(format!(
+                        "backend `{name}`: {p}; only optional secret(s) {} need it now: a run \
+                         publishes the rest without them",
+                        self.quoted(&need.optional)
+                    ));
+                } else if !need.skipped.is_empty() {
+                    warnings.push(format!(
+                        "backend `{name}`: {p}; not needed now: its secret(s) {} are skipped \
+                         (unless_exists), and a boot where that path is missing would fail on it",
+                        self.quoted(&need.skipped)
+                    ));
+                } else {
+                    warnings.push(format!("backend `{name}`: {p} (no secret uses it)"));
+                }
+            }
+        }
+        warnings.extend(self.on_change_findings());
+        (errors, warnings)
+    }
+
+    /// The `on_change` programs that would be refused now (StrictModes), one warning each: a
+    /// refresh that changes the secret runs its command, a boot never does.
+    pub fn on_change_findings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        let mut seen = BTreeSet::new();
+        for s in &self.secrets {
+            let Some(cmd) = s.on_change.as_ref().and_then(|a| a.first()) else {
+                continue;
+            };
+            if !seen.insert(cmd.clone()) || crate::settings::offline() {
+                continue;
+            }
+            if let Err(e) = crate::credfile::check_executable("on_change command", cmd) {
+                warnings.push(format!(
+                    "secret `{}`: {e}. It is checked again when it is about to run: a refresh \
+                     that changes the secret owes the command, and reports it failed, until this \
+                     is fixed",
+                    s.path
+                ));
+            }
+        }
+        warnings
+    }
+
+    /// `` `a`, `b` `` for secrets by index.
+    pub fn quoted(&self, secrets: &[usize]) -> String {
+        secrets
+            .iter()
+            .map(|&i| format!("`{}`", self.secrets[i].path))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Backends that at least one secret uses, in name order.
@@ -639,6 +751,19 @@ impl Plan {
         }
         out
     }
+}
+
+/// [`crate::credfile::NodeFile::check`] of each file whose path has the right form (a wrong form
+/// is a planning error of its own), unless offline.
+fn check_node_files(files: &[crate::credfile::NodeFile]) -> Vec<String> {
+    if crate::settings::offline() {
+        return Vec::new();
+    }
+    files
+        .iter()
+        .filter(|f| crate::credfile::check_form(&f.key, &f.path).is_ok())
+        .filter_map(|f| f.check().err())
+        .collect()
 }
 
 /// The longest a run can take: the deadline, then the backends' clean-up (Vault token
@@ -773,12 +898,9 @@ fn plan_secret(
             Some(_) if argv.iter().any(|a| a.contains('\0')) => {
                 errors.push("on_change arguments must not contain NUL".into())
             }
-            // It runs as root: whoever could change the program would run code as root.
-            Some(cmd) => {
-                if let Err(e) = crate::credfile::check_executable("on_change command", cmd) {
-                    errors.push(e);
-                }
-            }
+            // The program itself is checked (StrictModes: it runs as root) just before it runs,
+            // and by `check` as a warning: a refresh needs it, a boot does not.
+            Some(_) => {}
         }
     }
     let unless_exists = match e.unless_exists.as_deref() {

@@ -129,9 +129,9 @@ pub fn plan(e: &AzureEntry, _env: EnvLookup<'_>) -> Result<AzureConfig, Vec<Stri
         None => None,
         Some(p) if p.starts_with('/') => {
             // It decides whom to trust with the token and the values: same rules as the
-            // manifest (owned by root, writable by nobody else).
-            if let Err(err) = crate::credfile::check("ca_bundle", p, crate::credfile::Kind::Trusted)
-            {
+            // manifest (owned by root, writable by nobody else), checked when a run needs this
+            // backend (`AzureConfig::files`).
+            if let Err(err) = crate::credfile::check_form("ca_bundle", p) {
                 errors.push(err);
             }
             Some(PathBuf::from(p))
@@ -226,6 +226,14 @@ pub fn plan_secret(e: &SecretEntry) -> Result<AzureSecretRef, Vec<String>> {
         name: e.reference.clone(),
         version: e.version.as_ref().map(|v| v.to_ascii_lowercase()),
     })
+}
+
+/// The files a connection reads on the node: the CA bundle, if one is named.
+pub fn node_files(e: &AzureEntry) -> Vec<crate::credfile::NodeFile> {
+    e.ca_bundle
+        .iter()
+        .map(|p| crate::credfile::NodeFile::new("ca_bundle", p, crate::credfile::Kind::Trusted))
+        .collect()
 }
 
 impl AzureConfig {

@@ -149,6 +149,20 @@ pub fn plan_backend(e: &BackendEntry, env: EnvLookup<'_>) -> Result<BackendConfi
     }
 }
 
+/// The files connecting to this backend reads on the node (credentials, CA bundles). Planning
+/// checks their form; a run checks the files when it needs the backend (see
+/// [`crate::plan::Plan::check_files`]).
+pub fn node_files(e: &BackendEntry) -> Vec<crate::credfile::NodeFile> {
+    match e {
+        #[cfg(feature = "vault")]
+        BackendEntry::Vault(v) => vault::node_files(v),
+        #[cfg(feature = "azure")]
+        BackendEntry::Azure(a) => azure::node_files(a),
+        #[allow(unreachable_patterns)]
+        _ => Vec::new(),
+    }
+}
+
 pub fn plan_secret(cfg: &BackendConfig, e: &SecretEntry) -> Result<SecretRef, Vec<String>> {
     match cfg {
         #[cfg(feature = "aws")]

@@ -191,6 +191,10 @@ pub async fn run(manifest: &Path, places: &Places) -> Report {
             for w in &p.warnings {
                 report.add("manifest", Verdict::Warn, w.clone());
             }
+            // The on_change programs (a backend's files are reported with its identity).
+            for w in p.on_change_findings() {
+                report.add("on_change", Verdict::Warn, w);
+            }
             Some(p)
         }
         Err(e) => {
@@ -254,8 +258,54 @@ fn platform_check(report: &mut Report, plan: &Plan, places: &Places) {
 
 async fn backends_and_secrets(report: &mut Report, plan: &Plan) {
     let skipped = crate::runner::skipped_secrets(plan);
+    let skip: std::collections::BTreeSet<usize> = skipped.iter().map(|(i, _)| *i).collect();
     for (name, cfg) in plan.used_backends() {
         let check = format!("identity `{name}`");
+        let need = plan.needs(name, &skip);
+        let problems = plan.check_files(name);
+        if !problems.is_empty() {
+            // A run checks them only when it needs the backend: a failure only where a run
+            // would fail on it now.
+            let (verdict, hint) = if !need.required.is_empty() {
+                (
+                    Verdict::Fail,
+                    "a run would fail on it and kubelet would not start: put the file in place \
+                     with the owner and mode the message names"
+                        .to_string(),
+                )
+            } else if !need.optional.is_empty() {
+                (
+                    Verdict::Warn,
+                    format!(
+                        "only optional secret(s) {} need it now: a run publishes the rest \
+                         without them",
+                        plan.quoted(&need.optional)
+                    ),
+                )
+            } else {
+                (
+                    Verdict::Warn,
+                    format!(
+                        "not needed now: secret(s) {} are skipped (unless_exists); a boot where \
+                         that path is missing would fail on it",
+                        plan.quoted(&need.skipped)
+                    ),
+                )
+            };
+            report.add_hint(check, verdict, problems.join("; "), hint);
+            continue;
+        }
+        if need.required.is_empty() && need.optional.is_empty() {
+            report.add(
+                check,
+                Verdict::Skip,
+                format!(
+                    "not checked: every secret it serves is skipped now ({}; unless_exists)",
+                    plan.quoted(&need.skipped)
+                ),
+            );
+            continue;
+        }
         let deadline = Deadline::after(IDENTITY_BUDGET);
         let backend = match Backend::connect(name, cfg, &deadline, &plan.limits).await {
             Ok(b) => b,

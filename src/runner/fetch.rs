@@ -3,7 +3,7 @@
 //! just the first: a run that fails reports each failing secret with its cause.
 
 use crate::backend::{Backend, Fetched};
-use crate::error::RunError;
+use crate::error::{FetchError, RunError};
 use crate::extract;
 use crate::governor::Governor;
 use crate::plan::{Plan, SecretPlan};
@@ -175,6 +175,13 @@ pub async fn connect_and_fetch(
         .used_backends()
         .filter(|(name, _)| !users(name).is_empty())
         .map(|(name, cfg)| async move {
+            // The files it reads (credentials, CA bundles), checked now that this run needs it:
+            // a backend only skipped secrets use is never looked at beyond its form.
+            let problems = plan.check_files(name);
+            if !problems.is_empty() {
+                let e = RetryError::Permanent(FetchError::permanent(problems.join("; ")));
+                return (name.as_str(), cfg.kind(), Err(e));
+            }
             let connect = Backend::connect(name, cfg, deadline, &plan.limits);
             let r = if cfg.identity_is_local() {
                 // The node's metadata service is not the shared service: ask it meanwhile.
@@ -307,11 +314,7 @@ impl Failure {
 
 /// `` `a`, `b` `` for secrets by index.
 pub fn quoted(plan: &Plan, secrets: &[usize]) -> String {
-    secrets
-        .iter()
-        .map(|&i| format!("`{}`", plan.secrets[i].path))
-        .collect::<Vec<_>>()
-        .join(", ")
+    plan.quoted(secrets)
 }
 
 /// The run's error when required secrets failed (each failure was logged on its own): which

@@ -114,8 +114,10 @@ fn role(r: &Option<String>, required: bool, errors: &mut Vec<String>) -> Option<
     }
 }
 
+/// A credential file's path, checked for its form only: the file itself is checked when a run
+/// needs this backend ([`AuthConfig::files`]).
 fn cred_file(key: &str, f: &str, errors: &mut Vec<String>) -> String {
-    if let Err(e) = credfile::check(&format!("auth {key}"), f, credfile::Kind::Credential) {
+    if let Err(e) = credfile::check_form(&format!("auth {key}"), f) {
         errors.push(e);
     }
     f.to_string()
@@ -309,8 +311,7 @@ pub fn plan(e: &VaultAuthEntry, _env: EnvLookup<'_>) -> Result<AuthConfig, Vec<S
             }
         }
         VaultAuthEntry::Cert(c) => {
-            if let Err(e) = credfile::check("auth cert_file", &c.cert_file, credfile::Kind::Trusted)
-            {
+            if let Err(e) = credfile::check_form("auth cert_file", &c.cert_file) {
                 errors.push(e);
             }
             AuthConfig::Cert {
@@ -325,6 +326,46 @@ pub fn plan(e: &VaultAuthEntry, _env: EnvLookup<'_>) -> Result<AuthConfig, Vec<S
         Ok(cfg)
     } else {
         Err(errors)
+    }
+}
+
+/// The files this login reads on the node, checked when a run needs the backend (planning
+/// checks their form only).
+pub fn node_files(e: &VaultAuthEntry) -> Vec<credfile::NodeFile> {
+    use credfile::{Kind, NodeFile};
+    match e {
+        VaultAuthEntry::Token(t) => {
+            vec![NodeFile::new(
+                "auth token_file",
+                &t.token_file,
+                Kind::Credential,
+            )]
+        }
+        VaultAuthEntry::Approle(a) => a
+            .role_id_file
+            .iter()
+            .map(|f| NodeFile::new("auth role_id_file", f, Kind::Credential))
+            .chain(
+                a.secret_id_file
+                    .iter()
+                    .map(|f| NodeFile::new("auth secret_id_file", f, Kind::Credential)),
+            )
+            .collect(),
+        VaultAuthEntry::Jwt(j) => j
+            .jwt_file
+            .iter()
+            .map(|f| NodeFile::new("auth jwt_file", f, Kind::Credential))
+            .collect(),
+        VaultAuthEntry::Kubernetes(k) => vec![NodeFile::new(
+            "auth jwt_file",
+            k.jwt_file.as_deref().unwrap_or(KUBERNETES_JWT),
+            Kind::Credential,
+        )],
+        VaultAuthEntry::Cert(c) => vec![
+            NodeFile::new("auth cert_file", &c.cert_file, Kind::Trusted),
+            NodeFile::new("auth key_file", &c.key_file, Kind::Credential),
+        ],
+        VaultAuthEntry::Aws(_) | VaultAuthEntry::Azure(_) | VaultAuthEntry::Gcp(_) => Vec::new(),
     }
 }
 

@@ -123,7 +123,7 @@ pub fn plan(e: &VaultEntry, env: EnvLookup<'_>) -> Result<VaultConfig, Vec<Strin
         ));
     }
     if let Some(f) = &e.ca_file
-        && let Err(err) = credfile::check("ca_file", f, credfile::Kind::Trusted)
+        && let Err(err) = credfile::check_form("ca_file", f)
     {
         errors.push(err);
     }
@@ -153,6 +153,17 @@ pub fn plan(e: &VaultEntry, env: EnvLookup<'_>) -> Result<VaultConfig, Vec<Strin
         revoke_token: e.revoke_token.unwrap_or(auth.revoke_by_default()),
         auth,
     })
+}
+
+/// The files a connection reads on the node: the CA bundle and the login's own.
+pub fn node_files(e: &VaultEntry) -> Vec<credfile::NodeFile> {
+    let mut v: Vec<credfile::NodeFile> = e
+        .ca_file
+        .iter()
+        .map(|f| credfile::NodeFile::new("ca_file", f, credfile::Kind::Trusted))
+        .collect();
+    v.extend(auth::node_files(&e.auth));
+    v
 }
 
 pub fn plan_secret(e: &SecretEntry) -> Result<VaultSecretRef, Vec<String>> {
