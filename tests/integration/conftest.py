@@ -30,6 +30,11 @@ from support.openbao import OpenBao  # noqa: E402
 from support.unit_sandbox import UnitSandbox  # noqa: E402
 
 BIN = Path(os.environ.get("BOOTSECRETS_BIN", ROOT / "target" / "debug" / "bootsecrets"))
+# The static release binary (what users run): tests that cover names, ownership and the run path
+# run it too, under Flatcar's and Fedora CoreOS's name conventions (tests/support/nodeos.py).
+# tests/run sets it (and BOOTSECRETS_REQUIRE_STATIC=1, so that it cannot be missed silently).
+STATIC_BIN = Path(os.environ["BOOTSECRETS_STATIC_BIN"]) if os.environ.get("BOOTSECRETS_STATIC_BIN") \
+    else None
 SANDBOX = UnitSandbox()
 
 
@@ -43,13 +48,21 @@ def pytest_configure(config):
         config._bootsecrets_basetemp = config.option.basetemp
     # A checkout under /tmp or /var/tmp (a CI runner's, say): the unit's private /tmp would hide
     # the binary under test from the sandbox. Test a copy of it that the node's view can see.
-    global BIN
-    if SANDBOX.private_tmp and any(str(BIN.resolve()).startswith(p) for p in ("/tmp/", "/var/tmp/")):
-        visible = Path(f"/dev/shm/bootsecrets-pytest-bin-{os.getpid()}") / BIN.name
-        visible.parent.mkdir(mode=0o755, exist_ok=True)
-        shutil.copy2(BIN, visible)
-        config._bootsecrets_bin_copy = visible.parent
-        BIN = visible
+    global BIN, STATIC_BIN
+
+    def visible(path):
+        if not (SANDBOX.private_tmp
+                and any(str(path.resolve()).startswith(p) for p in ("/tmp/", "/var/tmp/"))):
+            return path
+        copy = Path(f"/dev/shm/bootsecrets-pytest-bin-{os.getpid()}") / path.name
+        copy.parent.mkdir(mode=0o755, exist_ok=True)
+        shutil.copy2(path, copy)
+        config._bootsecrets_bin_copy = copy.parent
+        return copy
+
+    BIN = visible(BIN)
+    if STATIC_BIN is not None:
+        STATIC_BIN = visible(STATIC_BIN)
 
 
 def pytest_unconfigure(config):
@@ -61,11 +74,11 @@ def pytest_unconfigure(config):
         shutil.rmtree(copy, ignore_errors=True)
 
 
-def node_argv(argv, rw=(), binds=()):
+def node_argv(argv, rw=(), binds=(), overlays=()):
     """`argv` (the binary and its arguments) as units/bootsecrets.service runs it on a node.
     `rw`: paths a ReadWritePaths= drop-in would make writable; `binds`: (src, dst) pairs mounted
     over host paths for this run only."""
-    return SANDBOX.wrap(argv, rw=rw, binds=binds)
+    return SANDBOX.wrap(argv, rw=rw, binds=binds, overlays=overlays)
 
 
 @pytest.fixture(scope="session")
@@ -207,7 +220,7 @@ def bootsecrets(tmp_path, request):
     assert BIN.exists(), f"{BIN} is missing: build it first (cargo build)"
 
     def run(manifest: str, *args: str, command: str = "run", timeout: float = 120, env=None,
-            as_full_root=False, rw=(), binds=()):
+            as_full_root=False, rw=(), binds=(), overlays=(), binary=None):
         if as_full_root:
             assert "full_root" in request.node.name, (
                 "only tests named ..._as_full_root may run the binary outside the unit's "
@@ -215,9 +228,9 @@ def bootsecrets(tmp_path, request):
         mpath = tmp_path / "manifest.toml"
         mpath.write_text(manifest)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path), **(env or {})}
-        argv = [str(BIN), command, "--manifest", str(mpath), *args]
+        argv = [str(binary or BIN), command, "--manifest", str(mpath), *args]
         if not as_full_root:
-            argv = node_argv(argv, rw=rw, binds=binds)
+            argv = node_argv(argv, rw=rw, binds=binds, overlays=overlays)
         start = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
         return Result(proc, time.monotonic() - start)

@@ -98,13 +98,16 @@ class UnitSandbox:
         self.private_tmp = _yes(d.get("PrivateTmp"))
         self.rw = [p for v in d.get("ReadWritePaths", []) for p in v.split()]
 
-    def wrap(self, argv, rw=(), binds=()):
+    def wrap(self, argv, rw=(), binds=(), overlays=()):
         """`argv` as the unit would run it. `rw`: more writable paths (what a ReadWritePaths=
         drop-in would add); `binds`: (src, dst) files or directories of the test's own to mount
-        over host paths first (a resolv.conf, a directory in PATH)."""
+        over host paths first (a resolv.conf, a directory in PATH); `overlays`: (src, dst)
+        directories merged over host directories, read-only (another OS's /usr/lib/passwd)."""
         out = ["unshare", "--mount", "--propagation", "private", "--", str(LAUNCHER)]
         for src, dst in binds:
             out += ["--bind", f"{src}:{dst}"]
+        for src, dst in overlays:
+            out += ["--overlay", f"{src}:{dst}"]
         for p in [*self.rw, *map(str, rw)]:
             out += ["--rw", p]
         if self.strict:
