@@ -117,3 +117,54 @@ fn the_module_graph_has_no_circles() {
         }
     }
 }
+
+/// Inside a folder module, the sibling files import no circle either (`super::a` from `b.rs` and
+/// `super::b` from `a.rs`): `mod.rs` declares its children and is left out.
+#[test]
+fn sibling_modules_have_no_circles() {
+    fn folders(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.push(p.clone());
+                folders(&p, out);
+            }
+        }
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut dirs = Vec::new();
+    folders(&src, &mut dirs);
+    let mut checked = 0;
+    for dir in dirs {
+        let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let siblings: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| {
+                let p = e.unwrap().path();
+                let stem = p.file_stem()?.to_string_lossy().into_owned();
+                (p.extension().is_some_and(|x| x == "rs") && stem != "mod").then_some(stem)
+            })
+            .collect();
+        for m in &siblings {
+            let text = production(&std::fs::read_to_string(dir.join(format!("{m}.rs"))).unwrap());
+            let deps = g.entry(m.clone()).or_default();
+            for other in &siblings {
+                if other != m
+                    && (text.contains(&format!("super::{other}::"))
+                        || text.contains(&format!("super::{other}}}"))
+                        || text.contains(&format!("super::{{{other}")))
+                {
+                    deps.insert(other.clone());
+                }
+            }
+        }
+        let mut done = BTreeSet::new();
+        for m in g.keys() {
+            if let Some(c) = cycle_from(&g, m, &mut Vec::new(), &mut done) {
+                panic!("import circle in {}: {}", dir.display(), c.join(" -> "));
+            }
+        }
+        checked += 1;
+    }
+    assert!(checked >= 4, "the folder modules were not found");
+}

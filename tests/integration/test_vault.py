@@ -452,6 +452,68 @@ def test_check_validates_vault_settings_offline(outdir, credfile, bootsecrets, t
     assert "vault at https://vault.example.com" in r.stdout + r.stderr
 
 
+class _HugeLogin:
+    """A Vault double whose logins answer 64 MiB, chunked (no Content-Length): a client that
+    bounds its responses stops reading after max_response_bytes."""
+
+    def __init__(self):
+        import http.server
+        import socketserver
+        sent = self.sent = {"bytes": 0, "logins": 0}
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sent["logins"] += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                chunk = b'{"auth":{"client_token":"hvs.x"},"pad":"' + b"a" * 65536
+                try:
+                    for _ in range(1024):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        sent["bytes"] += len(chunk)
+                        chunk = b"a" * 65536
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
+
+        class S(socketserver.ThreadingMixIn, socketserver.TCPServer):
+            daemon_threads = True
+
+        self.srv = S(("127.0.0.1", 0), H)
+        self.url = f"http://127.0.0.1:{self.srv.server_address[1]}"
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.srv.shutdown()
+
+
+@pytest.mark.parametrize("method", ["approle", "jwt", "kubernetes"])
+def test_a_login_answer_is_bounded_by_max_response_bytes(method, outdir, credfile, bootsecrets):
+    cred = str(credfile("cred", "credential"))
+    auth = {"approle": {"method": "approle", "role_id_file": cred, "secret_id_file": cred},
+            "jwt": {"method": "jwt", "jwt_file": cred},
+            "kubernetes": {"method": "kubernetes", "role": "node", "jwt_file": cred}}[method]
+    huge = _HugeLogin()
+    try:
+        r = bootsecrets(vault_manifest(outdir, huge.url, auth, [{"path": "v", "ref": "secret/x"}],
+                                       settings="max_response_bytes = 100000\ndeadline_seconds = 10"))
+        assert r.code == 1, r
+        assert f"login with {method}" in r.stderr and "larger than 100000 bytes" in r.stderr, r
+        # It stopped reading: far less than the 64 MiB on offer reached it.
+        assert huge.sent["bytes"] < 16 << 20, huge.sent
+        assert huge.sent["logins"] == 1, "a refused answer is permanent: no retry"
+    finally:
+        huge.stop()
+
+
 def test_oversize_vault_response_is_refused(bao, kv, outdir, credfile, bootsecrets):
     bao.put(kv, "big", {"v": "y" * 500})
     _, auth = token_auth(credfile, bao, [kv])

@@ -1,10 +1,13 @@
 //! Vault logins: one per backend instance, chosen by `[backend.NAME.auth] method`.
 //!
 //! Each login turns something the node already has (a file placed at provisioning, a service
-//! account JWT, the cloud instance identity) into a Vault token. Every credential read or made
-//! here is a [`SecretString`]; the token `vaultrs` returns is moved, not copied, into one.
+//! account JWT, the cloud instance identity) into a Vault token. Every login is one `POST
+//! auth/<mount>/login` through the backend's own HTTP client ([`Api`]), so its answer is bounded
+//! by `settings.max_response_bytes` like every other response, and read into secret memory. Every
+//! credential read or made here is a [`SecretString`]; each request body is a zeroizing buffer
+//! sized up front, handed to the HTTP client without a copy.
 
-use super::http::{Api, classify_vaultrs};
+use super::http::Api;
 use crate::credfile;
 use crate::error::FetchError;
 use crate::identity::aws_imds::{self, ImdsSettings, InstanceIdentity};
@@ -17,8 +20,6 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
-use vaultrs::api::auth::aws::requests::IamLoginRequest;
-use vaultrs::client::VaultClient;
 use zeroize::Zeroizing;
 
 pub const KUBERNETES_JWT: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
@@ -508,23 +509,51 @@ pub struct LoginState {
     secret_id: Mutex<Option<std::sync::Arc<SecretString>>>,
 }
 
-/// Moves the token out of a `vaultrs` answer into a [`SecretString`], refusing one that cannot be
-/// sent back as a header.
-fn take_token(mut info: vaultrs::api::AuthInfo, what: &str) -> Result<SecretString, FetchError> {
-    let token = SecretString::new(std::mem::take(&mut info.client_token));
-    if token.expose().is_empty() || !token.expose().bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(FetchError::permanent(format!(
-            "{what}: Vault returned no usable token"
-        )));
+/// A JSON object of string members, written into a zeroizing buffer sized up front (serde_json
+/// writes a byte as at most 6, `\u00XX`; a member adds `"":"",` around its name and value), so
+/// that no growing buffer frees a partial copy of a credential. Members in the order given.
+fn json_body(members: &[(&str, &str)]) -> Result<Zeroizing<Vec<u8>>, FetchError> {
+    let bound = 2 + members
+        .iter()
+        .map(|(k, v)| 6 * k.len() + 6 * v.len() + 6)
+        .sum::<usize>();
+    let mut out = Zeroizing::new(Vec::with_capacity(bound));
+    let mut map = serde_json::Serializer::new(&mut *out);
+    use serde::ser::{SerializeMap, Serializer};
+    let fail = |_| FetchError::permanent("encoding a Vault login request failed");
+    let mut m = map.serialize_map(Some(members.len())).map_err(fail)?;
+    for (k, v) in members {
+        m.serialize_entry(k, v).map_err(fail)?;
     }
-    Ok(token)
+    m.end().map_err(fail)?;
+    debug_assert!(out.capacity() == bound, "reallocated");
+    Ok(out)
+}
+
+/// Sends a login body to `auth/<mount>/login` and takes the token from the answer.
+async fn post_login(
+    api: &Api,
+    mount: &str,
+    mut body: Zeroizing<Vec<u8>>,
+    what: &str,
+) -> Result<SecretString, FetchError> {
+    // The client owns the body once sent and frees it without zeroing (docs/security.md): the
+    // buffer is moved to it, never copied.
+    let resp = api
+        .post(
+            &format!("auth/{mount}/login"),
+            std::mem::take(&mut *body),
+            None,
+            what,
+        )
+        .await?;
+    login_answer(&resp, what)
 }
 
 /// One login attempt; the caller retries transient errors.
 pub async fn login(
     cfg: &AuthConfig,
     state: &LoginState,
-    client: &VaultClient,
     api: &Api,
 ) -> Result<SecretString, FetchError> {
     match cfg {
@@ -557,15 +586,11 @@ pub async fn login(
                     }
                 }
             };
-            let info = vaultrs::auth::approle::login(
-                client,
-                mount,
-                role_id.expose(),
-                secret_id.as_ref().map(|s| s.expose()).unwrap_or(""),
-            )
-            .await
-            .map_err(|e| classify_vaultrs(&e, &what))?;
-            take_token(info, &what)
+            let body = match &secret_id {
+                Some(s) => json_body(&[("role_id", role_id.expose()), ("secret_id", s.expose())]),
+                None => json_body(&[("role_id", role_id.expose())]),
+            }?;
+            post_login(api, mount, body, &what).await
         }
         AuthConfig::Jwt {
             mount,
@@ -574,10 +599,11 @@ pub async fn login(
         } => {
             let what = format!("login with jwt at auth/{mount}");
             let jwt = credfile::read_credential("jwt_file", jwt_file)?;
-            let info = vaultrs::auth::oidc::login(client, mount, jwt.expose(), role.clone())
-                .await
-                .map_err(|e| classify_vaultrs(&e, &what))?;
-            take_token(info, &what)
+            let body = match role {
+                Some(r) => json_body(&[("jwt", jwt.expose()), ("role", r)]),
+                None => json_body(&[("jwt", jwt.expose())]),
+            }?;
+            post_login(api, mount, body, &what).await
         }
         AuthConfig::Kubernetes {
             mount,
@@ -586,10 +612,8 @@ pub async fn login(
         } => {
             let what = format!("login with kubernetes at auth/{mount}");
             let jwt = credfile::read_credential("jwt_file", jwt_file)?;
-            let info = vaultrs::auth::kubernetes::login(client, mount, role, jwt.expose())
-                .await
-                .map_err(|e| classify_vaultrs(&e, &what))?;
-            take_token(info, &what)
+            let body = json_body(&[("role", role), ("jwt", jwt.expose())])?;
+            post_login(api, mount, body, &what).await
         }
         AuthConfig::Aws {
             mount,
@@ -601,8 +625,7 @@ pub async fn login(
         } => {
             let what = format!("login with aws (IAM) at auth/{mount}");
             let creds = InstanceIdentity::new(imds)?.credentials().await?;
-            let req = aws_login_request(
-                mount,
+            let body = aws_login_body(
                 role.as_deref(),
                 server_id.as_deref(),
                 sts_endpoint,
@@ -610,10 +633,7 @@ pub async fn login(
                 &creds,
                 SystemTime::now(),
             )?;
-            let info = vaultrs::api::auth(client, req)
-                .await
-                .map_err(|e| classify_vaultrs(&e, &what))?;
-            take_token(info, &what)
+            post_login(api, mount, body, &what).await
         }
         AuthConfig::Azure {
             mount,
@@ -625,10 +645,7 @@ pub async fn login(
             let token = imds.token(resource).await?;
             let vm = imds.compute().await?;
             let body = Zeroizing::new(azure_login_body(role, &token.token, &vm)?);
-            let resp = api
-                .post(&format!("auth/{mount}/login"), body.to_vec(), None, &what)
-                .await?;
-            login_answer(&resp, &what)
+            post_login(api, mount, body, &what).await
         }
         AuthConfig::Gcp {
             mount,
@@ -639,27 +656,17 @@ pub async fn login(
             let jwt = metadata
                 .identity_token(&format!("vault/{role}"), true)
                 .await?;
-            let info = vaultrs::auth::oidc::login(client, mount, jwt.expose(), Some(role.clone()))
-                .await
-                .map_err(|e| classify_vaultrs(&e, &what))?;
-            take_token(info, &what)
+            let body = json_body(&[("role", role), ("jwt", jwt.expose())])?;
+            post_login(api, mount, body, &what).await
         }
         AuthConfig::Cert { mount, name, .. } => {
             // The certificate itself went with the TLS handshake (see `Api::new`).
             let what = format!("login with cert at auth/{mount}");
             let body = match name {
-                Some(n) => serde_json::json!({ "name": n }),
-                None => serde_json::json!({}),
-            };
-            let resp = api
-                .post(
-                    &format!("auth/{mount}/login"),
-                    body.to_string().into_bytes(),
-                    None,
-                    &what,
-                )
-                .await?;
-            login_answer(&resp, &what)
+                Some(n) => json_body(&[("name", n)]),
+                None => json_body(&[]),
+            }?;
+            post_login(api, mount, body, &what).await
         }
     }
 }
@@ -693,7 +700,8 @@ pub fn azure_login_body(
     out
 }
 
-/// The token of a login answered directly (not through `vaultrs`).
+/// The token of a login's answer (`auth.client_token`), refusing one that cannot be sent back
+/// as a header.
 fn login_answer(resp: &super::http::Response, what: &str) -> Result<SecretString, FetchError> {
     if resp.code != 200 {
         return Err(resp.error(what));
@@ -758,19 +766,18 @@ async fn unwrap_secret_id(file: &str, api: &Api) -> Result<SecretString, FetchEr
         })
 }
 
-/// Builds Vault's aws (IAM) login: an `sts:GetCallerIdentity` request signed with SigV4 using the
+/// Builds Vault's aws (IAM) login body: an `sts:GetCallerIdentity` request signed with SigV4 using the
 /// instance role's credentials, handed to Vault to replay. With `server_id`, the
 /// `X-Vault-AWS-IAM-Server-ID` header is part of the signed headers, so the signature cannot be
 /// replayed against another Vault.
-pub fn aws_login_request(
-    mount: &str,
+pub fn aws_login_body(
     role: Option<&str>,
     server_id: Option<&str>,
     sts_endpoint: &str,
     sts_region: &str,
     creds: &aws_imds::AwsCredentials,
     now: SystemTime,
-) -> Result<IamLogin, FetchError> {
+) -> Result<Zeroizing<Vec<u8>>, FetchError> {
     use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
     use aws_sigv4::sign::v4;
     let fail = |m: &str| FetchError::permanent(format!("signing the aws login request: {m}"));
@@ -835,57 +842,21 @@ pub fn aws_login_request(
     let mut json = Zeroizing::new(Vec::with_capacity(bound));
     serde_json::to_writer(&mut *json, &all).map_err(|_| fail("encoding headers"))?;
     debug_assert!(json.capacity() == bound, "reallocated");
-    Ok(IamLogin(IamLoginRequest {
-        mount: mount.to_string(),
-        role: role.map(str::to_string),
-        iam_http_request_method: "POST".to_string(),
-        iam_request_url: B64.encode(url.as_bytes()),
-        iam_request_body: B64.encode(GET_CALLER_IDENTITY.as_bytes()),
-        iam_request_headers: B64.encode(&*json),
-    }))
-}
-
-/// Vault's aws (IAM) login request. `vaultrs` takes the request by value and drops it once sent;
-/// this wrapper zeroes its fields (the base64 of the signed headers holds the session token and
-/// the signature) when it is dropped, wherever that happens: inside `vaultrs` after the call, or
-/// with the login's future if it is cancelled. The copies `rustify` makes to send it (the JSON
-/// body) are the SDK's (docs/security.md). No `Debug`: `IamLoginRequest`'s own prints the fields.
-pub struct IamLogin(IamLoginRequest);
-
-impl Drop for IamLogin {
-    fn drop(&mut self) {
-        use zeroize::Zeroize;
-        let r = &mut self.0;
-        r.mount.zeroize();
-        r.role.zeroize();
-        r.iam_http_request_method.zeroize();
-        r.iam_request_url.zeroize();
-        r.iam_request_body.zeroize();
-        r.iam_request_headers.zeroize();
+    // The base64 of the signed headers, in a zeroizing string of its exact size.
+    let mut headers_b64 = Zeroizing::new(String::with_capacity(json.len().div_ceil(3) * 4));
+    B64.encode_string(&*json, &mut headers_b64);
+    let url_b64 = B64.encode(url.as_bytes());
+    let body_b64 = B64.encode(GET_CALLER_IDENTITY.as_bytes());
+    let mut members = vec![
+        ("iam_http_request_method", "POST"),
+        ("iam_request_url", url_b64.as_str()),
+        ("iam_request_body", body_b64.as_str()),
+        ("iam_request_headers", headers_b64.as_str()),
+    ];
+    if let Some(r) = role {
+        members.push(("role", r));
     }
-}
-
-/// The request `vaultrs` sends is `IamLoginRequest`'s, unchanged: every part delegates to it.
-impl rustify::endpoint::Endpoint for IamLogin {
-    type Response = <IamLoginRequest as rustify::endpoint::Endpoint>::Response;
-    const REQUEST_BODY_TYPE: rustify::enums::RequestType = IamLoginRequest::REQUEST_BODY_TYPE;
-    const RESPONSE_BODY_TYPE: rustify::enums::ResponseType = IamLoginRequest::RESPONSE_BODY_TYPE;
-
-    fn path(&self) -> String {
-        self.0.path()
-    }
-
-    fn method(&self) -> rustify::enums::RequestMethod {
-        self.0.method()
-    }
-
-    fn query(&self) -> Result<Option<String>, rustify::errors::ClientError> {
-        self.0.query()
-    }
-
-    fn body(&self) -> Result<Option<Vec<u8>>, rustify::errors::ClientError> {
-        self.0.body()
-    }
+    json_body(&members)
 }
 
 /// `x-amz-date` -> `X-Amz-Date`, as Go's net/http (and so Vault) writes header names.
@@ -905,7 +876,6 @@ fn canonical_header(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustify::endpoint::Endpoint;
 
     fn creds() -> aws_imds::AwsCredentials {
         aws_imds::AwsCredentials {
@@ -923,8 +893,7 @@ mod tests {
     #[test]
     fn aws_login_body_has_the_documented_shape() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let req = aws_login_request(
-            "aws",
+        let req = aws_login_body(
             Some("node"),
             Some("vault.example.com"),
             STS_ENDPOINT,
@@ -933,15 +902,14 @@ mod tests {
             now,
         )
         .unwrap();
-        // vaultrs adds the /v1 prefix in its middleware.
-        let http = req.request("https://vault.example.com:8200").unwrap();
-        assert_eq!(http.method(), "POST");
-        assert_eq!(
-            http.uri().to_string(),
-            "https://vault.example.com:8200/auth/aws/login"
-        );
         let body: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(http.body()).unwrap();
+            serde_json::from_slice(&req).unwrap();
+        let mut body_keys: Vec<&String> = body.keys().collect();
+        body_keys.sort();
+        let body: serde_json::Map<String, serde_json::Value> = body_keys
+            .into_iter()
+            .map(|k| (k.clone(), body[k].clone()))
+            .collect();
         let keys: Vec<&str> = body.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
@@ -988,8 +956,7 @@ mod tests {
 
     #[test]
     fn aws_login_without_role_or_server_id() {
-        let req = aws_login_request(
-            "aws-east",
+        let req = aws_login_body(
             None,
             None,
             "https://sts.eu-west-1.amazonaws.com",
@@ -998,9 +965,8 @@ mod tests {
             SystemTime::now(),
         )
         .unwrap();
-        let http = req.request("http://127.0.0.1:8200").unwrap();
-        assert!(http.uri().path().ends_with("/auth/aws-east/login"));
-        let body: serde_json::Value = serde_json::from_slice(http.body()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&req).unwrap();
+        assert!(body.get("role").is_none());
         let headers: serde_json::Value = serde_json::from_slice(
             &B64.decode(body["iam_request_headers"].as_str().unwrap())
                 .unwrap(),
@@ -1014,6 +980,16 @@ mod tests {
                 .unwrap()
                 .contains("/eu-west-1/sts/aws4_request")
         );
+    }
+
+    #[test]
+    fn login_bodies_are_json_objects_of_the_members_given() {
+        let b = json_body(&[("role_id", "r\"1"), ("secret_id", "s\u{1}")]).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap(),
+            serde_json::json!({"role_id": "r\"1", "secret_id": "s\u{1}"})
+        );
+        assert_eq!(&*json_body(&[]).unwrap(), b"{}");
     }
 
     #[test]
@@ -1039,42 +1015,10 @@ mod tests {
         assert!(body.get("vm_name").is_none());
     }
 
-    /// The request `vaultrs` sends for the wrapper is exactly `IamLoginRequest`'s.
-    #[test]
-    fn the_zeroing_wrapper_sends_the_same_request() {
-        let req = aws_login_request(
-            "aws",
-            Some("node"),
-            Some("vault.example.com"),
-            STS_ENDPOINT,
-            STS_REGION,
-            &creds(),
-            SystemTime::now(),
-        )
-        .unwrap();
-        let inner = &req.0;
-        let plain = IamLoginRequest {
-            mount: inner.mount.clone(),
-            role: inner.role.clone(),
-            iam_http_request_method: inner.iam_http_request_method.clone(),
-            iam_request_url: inner.iam_request_url.clone(),
-            iam_request_body: inner.iam_request_body.clone(),
-            iam_request_headers: inner.iam_request_headers.clone(),
-        };
-        let (a, b) = (
-            req.request("https://vault.example.com:8200").unwrap(),
-            plain.request("https://vault.example.com:8200").unwrap(),
-        );
-        assert_eq!(a.method(), b.method());
-        assert_eq!(a.uri(), b.uri());
-        assert_eq!(a.headers(), b.headers());
-        assert_eq!(a.body(), b.body());
-    }
-
-    /// Dropping the login request (as `vaultrs` does once it is sent) frees no block that still
-    /// holds its signed headers; nor does building it (the header JSON is sized up front). Token
-    /// lengths are swept so that a growing buffer would be caught reallocating after the session
-    /// token entry is written.
+    /// Dropping the login body (as the HTTP client does once it is sent, or a cancelled login)
+    /// frees no block that still holds its signed headers unzeroed; nor does building it (every
+    /// buffer is sized up front). Token lengths are swept so that a growing buffer would be
+    /// caught reallocating after the session token entry is written.
     #[test]
     fn the_aws_login_request_leaves_no_copy_of_the_signed_headers() {
         use super::super::http::freed;
@@ -1091,8 +1035,7 @@ mod tests {
                 ..creds()
             };
             let (req, hits) = freed::holding(json, || {
-                aws_login_request(
-                    "aws",
+                aws_login_body(
                     Some("node"),
                     Some("vault.example.com"),
                     STS_ENDPOINT,
@@ -1103,8 +1046,15 @@ mod tests {
                 .unwrap()
             });
             built += hits;
-            let encoded: &'static [u8] =
-                Box::leak(req.0.iam_request_headers.clone().into_bytes().into());
+            let v: serde_json::Value = serde_json::from_slice(&req).unwrap();
+            let encoded: &'static [u8] = Box::leak(
+                v["iam_request_headers"]
+                    .as_str()
+                    .unwrap()
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
+            );
             let ((), hits) = freed::holding(encoded, || drop(req));
             dropped += hits;
         }

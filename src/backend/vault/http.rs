@@ -1,5 +1,6 @@
-//! The HTTP side of the Vault backend: one `reqwest` client, requests written directly where
-//! `vaultrs` does not fit, and the classification of every failure as transient or permanent.
+//! The HTTP side of the Vault backend: one `reqwest` client for every request, each answer read
+//! into secret memory up to `settings.max_response_bytes`, and the classification of every
+//! failure as transient or permanent.
 //!
 //! Error messages are built from status codes and bootsecrets' own words. Vault's `errors` strings
 //! are only matched against known phrases to pick a message; they are never echoed.
@@ -117,45 +118,16 @@ pub fn classify_transport(e: &reqwest::Error, what: &str) -> FetchError {
     f
 }
 
-/// Transient or permanent, for an error from `vaultrs`.
-pub fn classify_vaultrs(e: &vaultrs::error::ClientError, what: &str) -> FetchError {
-    use vaultrs::error::ClientError as V;
-    match e {
-        V::APIError { code, errors } => classify_status(*code, errors, what),
-        V::RestClientError { source } => {
-            if let rustify::errors::ClientError::ServerResponseError { code, .. } = source {
-                return classify_status(*code, &[], what);
-            }
-            let found: Option<&reqwest::Error> = {
-                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
-                let mut hit = None;
-                while let Some(c) = cur {
-                    if let Some(r) = c.downcast_ref::<reqwest::Error>() {
-                        hit = Some(r);
-                        break;
-                    }
-                    cur = c.source();
-                }
-                hit
-            };
-            match found {
-                Some(r) => classify_transport(r, what),
-                None => FetchError::permanent(format!("{what}: unexpected answer from Vault")),
-            }
-        }
-        V::ResponseEmptyError | V::ResponseDataEmptyError => {
-            FetchError::permanent(format!("{what}: Vault's answer has no auth or data"))
-        }
-        V::WrapInvalidError => FetchError::permanent(format!(
-            "{what}: the wrapping token is invalid, expired or already used"
-        )),
-        _ => FetchError::permanent(format!("{what}: unexpected answer from Vault")),
-    }
-}
-
 /// The `X-Vault-Token` value for `token`, over a zeroizing copy of it.
 fn token_header(token: &SecretString) -> Option<HeaderValue> {
     shared_header(Zeroizing::new(token.expose().as_bytes().to_vec()))
+}
+
+/// A TLS client certificate and its key, presented in every handshake (the cert login).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientCert<'a> {
+    pub cert_file: &'a str,
+    pub key_file: &'a str,
 }
 
 /// The HTTP client and the request defaults shared by every call to one Vault.
@@ -173,7 +145,11 @@ impl Api {
     /// Builds the client. With `tls_server_name`, requests are addressed to that name (SNI,
     /// certificate check and `Host`) while connecting to the addresses of `address`'s host,
     /// resolved here: a resolver failure is transient.
-    pub async fn new(cfg: &VaultConfig, max_body: u64) -> Result<Api, FetchError> {
+    pub async fn new(
+        cfg: &VaultConfig,
+        cert: Option<ClientCert<'_>>,
+        max_body: u64,
+    ) -> Result<Api, FetchError> {
         let url = Url::parse(&cfg.address)
             .map_err(|_| FetchError::permanent("the Vault address is not a valid URL"))?;
         let mut b = reqwest::Client::builder()
@@ -201,11 +177,10 @@ impl Api {
             }
             b = b.tls_certs_only(certs);
         }
-        if let super::auth::AuthConfig::Cert {
+        if let Some(ClientCert {
             cert_file,
             key_file,
-            ..
-        } = &cfg.auth
+        }) = cert
         {
             // The client certificate and its key, as one PEM for the TLS handshake. The key is a
             // credential (its file checked as one); rustls keeps its own parsed copy.
@@ -274,10 +249,6 @@ impl Api {
 
     pub fn base_url(&self) -> &str {
         &self.base
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
     }
 
     fn headers(&self, token: Option<&SecretString>) -> HeaderMap {
@@ -455,7 +426,7 @@ mod tests {
                 token_file: "/unused".into(),
             },
         };
-        Api::new(&cfg, 1 << 20).await.unwrap()
+        Api::new(&cfg, None, 1 << 20).await.unwrap()
     }
 
     /// The token header sent with each request shares one zeroizing buffer: dropping the requests'

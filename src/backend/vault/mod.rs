@@ -1,11 +1,11 @@
 //! HashiCorp Vault and OpenBao: KV v1 and v2 secrets, read with a token from one login per
 //! backend instance (see [`auth`]).
 //!
-//! Requests go through one `reqwest` client that bootsecrets builds itself (timeout, CA bundle,
-//! TLS server name, no redirects, no proxy) and hands to `vaultrs`, which performs the logins it
-//! knows, response unwrapping and token revocation. KV reads and mount detection are written
-//! directly: `vaultrs` drops the body of a 404, which is where Vault says whether a version was
-//! deleted or destroyed, and it has no call for `sys/internal/ui/mounts`. See docs/design.md.
+//! Every request (the logins, unwrapping, KV reads, mount detection, token revocation) goes
+//! through one `reqwest` client that bootsecrets builds itself (timeout, CA bundle, TLS server
+//! name, no redirects, no proxy) and that reads every answer into secret memory, bounded by
+//! `settings.max_response_bytes` ([`http::Api`]). See docs/design.md for why `vaultrs` is not
+//! used.
 
 pub mod auth;
 mod http;
@@ -21,8 +21,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::sync::Mutex;
 use std::time::Duration;
-use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
-use zeroize::Zeroize;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Budget for revoking the token after the run, outside the run's deadline.
@@ -273,7 +271,6 @@ pub struct VaultBackend {
     api: Api,
     /// For messages: the namespace requests go to.
     namespace: Option<String>,
-    client: VaultClient,
     revoke: bool,
     /// Detected (mount, KV version) pairs: a secret under a known mount, or a retry, does not
     /// ask again (one detection per mount, not per secret: each is a round trip).
@@ -286,14 +283,6 @@ pub struct VaultBackend {
 fn mount_contains(mount: &str, full: &str) -> bool {
     full.strip_prefix(mount)
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-}
-
-impl Drop for VaultBackend {
-    fn drop(&mut self) {
-        // vaultrs keeps the token as plain Strings; zero them before they are freed.
-        self.client.settings.token.zeroize();
-        self.client.middle.token.zeroize();
-    }
 }
 
 #[derive(Deserialize)]
@@ -345,25 +334,33 @@ impl VaultBackend {
         deadline: &Deadline,
         limits: &crate::settings::Limits,
     ) -> Result<Self, RetryError> {
+        let cert = match &cfg.auth {
+            auth::AuthConfig::Cert {
+                cert_file,
+                key_file,
+                ..
+            } => Some(http::ClientCert {
+                cert_file,
+                key_file,
+            }),
+            _ => None,
+        };
         let api = retry(&format!("backend `{name}`: Vault client"), deadline, |_| {
-            Api::new(cfg, limits.max_response)
+            Api::new(cfg, cert, limits.max_response)
         })
         .await?;
-        let mut client = vaultrs_client(cfg, &api).map_err(RetryError::Permanent)?;
         let state = auth::LoginState::default();
         let token: SecretString = retry(
             &format!("backend `{name}`: Vault login ({})", cfg.auth.method()),
             deadline,
-            |_| auth::login(&cfg.auth, &state, &client, &api),
+            |_| auth::login(&cfg.auth, &state, &api),
         )
         .await?;
-        client.set_token(token.expose());
         Ok(VaultBackend {
             name: name.to_string(),
             method: cfg.auth.method(),
             namespace: cfg.namespace.clone(),
             api: api.with_token(token),
-            client,
             revoke: cfg.revoke_token,
             mounts: Mutex::new(Vec::new()),
             detecting: tokio::sync::Mutex::new(()),
@@ -376,13 +373,23 @@ impl VaultBackend {
         if !self.revoke {
             return;
         }
-        match tokio::time::timeout(REVOKE_TIMEOUT, vaultrs::token::revoke_self(&self.client)).await
-        {
-            Ok(Ok(())) => log::debug!("backend `{}`: Vault token revoked", self.name),
+        let what = "revoking the token (auth/token/revoke-self)";
+        let revoke = self
+            .api
+            .post("auth/token/revoke-self", b"{}".to_vec(), None, what);
+        match tokio::time::timeout(REVOKE_TIMEOUT, revoke).await {
+            Ok(Ok(resp)) if (200..300).contains(&resp.code) => {
+                log::debug!("backend `{}`: Vault token revoked", self.name)
+            }
+            Ok(Ok(resp)) => log::warn!(
+                "backend `{}`: could not revoke the Vault token ({}); it stays valid until its TTL ends",
+                self.name,
+                resp.error(what).message
+            ),
             Ok(Err(e)) => log::warn!(
                 "backend `{}`: could not revoke the Vault token ({}); it stays valid until its TTL ends",
                 self.name,
-                http::classify_vaultrs(&e, "revoke-self").message
+                e.message
             ),
             Err(_) => log::warn!(
                 "backend `{}`: revoking the Vault token timed out after {} s; it stays valid until its TTL ends",
@@ -667,28 +674,6 @@ impl VaultBackend {
         };
         Ok((value, version))
     }
-}
-
-/// A `vaultrs` client that sends through our own `reqwest` client, with every setting explicit so
-/// that no `VAULT_*` environment variable (in particular `VAULT_SKIP_VERIFY`) can change it.
-fn vaultrs_client(cfg: &VaultConfig, api: &Api) -> Result<VaultClient, FetchError> {
-    let mut b = VaultClientSettingsBuilder::default();
-    b.address(api.base_url())
-        .token("")
-        .verify(true)
-        .ca_certs(Vec::new())
-        .identity(None)
-        .timeout(Some(cfg.timeout));
-    if let Some(n) = &cfg.namespace {
-        b.set_namespace(n.clone());
-    }
-    let settings = b
-        .build()
-        .map_err(|_| FetchError::permanent("invalid Vault client settings"))?;
-    let mut client = VaultClient::new(settings)
-        .map_err(|_| FetchError::permanent("cannot build the Vault client"))?;
-    client.http = rustify::clients::reqwest::Client::new(api.base_url(), api.http().clone());
-    Ok(client)
 }
 
 #[cfg(test)]
