@@ -147,6 +147,11 @@ pub struct DoctorArgs {
     /// Print the findings as JSON (`{"healthy": bool, "checks": [...]}`) instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Also log in with an AppRole secret_id (not wrapped), although the login spends one of its
+    /// uses when the role limits them (default: not checked, said so). A wrapped secret_id is
+    /// never unwrapped: doctor looks it up instead.
+    #[arg(long)]
+    pub use_secret_id: bool,
 }
 
 #[derive(Debug, Default, Args)]
@@ -164,6 +169,11 @@ pub struct RunArgs {
     /// Development only: accept an output root that is not on tmpfs or ramfs.
     #[arg(long)]
     pub allow_non_tmpfs: bool,
+    /// What to do with the on_change commands this run owes: `run` them (a refresh), or `defer`
+    /// them to bootsecrets-refresh.service, started without waiting (the boot gate, which must
+    /// never wait on a unit ordered after it). bootsecrets.service sets `defer`.
+    #[arg(long, value_enum, env = "BOOTSECRETS_ON_CHANGE", default_value = "run")]
+    pub on_change: runner::OnChange,
 }
 
 /// Extra verbosity from the environment (`BOOTSECRETS_VERBOSE=1` or `2`), for unit files.
@@ -262,6 +272,11 @@ fn man() -> ExitCode {
 }
 
 fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
+    // Doctor logs in as a run does and holds the same tokens: hardened the same way, first.
+    if let Err(e) = hygiene::harden_process() {
+        eprintln!("bootsecrets: error: {e:#}");
+        return ExitCode::from(2);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -275,6 +290,9 @@ fn doctor(cli: &Cli, args: &DoctorArgs) -> ExitCode {
     let report = rt.block_on(crate::doctor::run(
         &cli.manifest,
         &crate::doctor::Places::default(),
+        crate::doctor::Options {
+            use_secret_id: args.use_secret_id,
+        },
     ));
     rt.shutdown_background();
     if args.json {
@@ -409,6 +427,7 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
             })?;
         let opts = runner::RunOptions {
             allow_non_tmpfs: args.allow_non_tmpfs,
+            on_change: args.on_change,
         };
         let result = rt.block_on(runner::run(&p, &opts));
         // Without waiting for blocking tasks: a DNS lookup (getaddrinfo on a blocking thread)
@@ -423,6 +442,13 @@ fn run(cli: &Cli, args: &RunArgs) -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// `run`'s options when no command is named: their defaults, or the environment's values.
+fn run_args_from_env() -> Result<RunArgs, clap::Error> {
+    use clap::FromArgMatches;
+    let cmd = <RunArgs as Args>::augment_args(clap::Command::new("run"));
+    RunArgs::from_arg_matches(&cmd.try_get_matches_from(["run"])?)
 }
 
 /// Entry point used by `main.rs`.
@@ -449,6 +475,14 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Units(args)) => units_cmd(args),
         Some(Command::Run(args)) => run(&cli, args),
-        None => run(&cli, &RunArgs::default()),
+        // The default command is `run` with its options from the environment, as the unit sets
+        // them (`ExecStart=/opt/bin/bootsecrets`).
+        None => match run_args_from_env() {
+            Ok(args) => run(&cli, &args),
+            Err(e) => {
+                eprintln!("bootsecrets: error: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }

@@ -70,6 +70,16 @@ pub enum Probe {
     NoMetadata(String),
 }
 
+/// How a backend's login would spend a credential it cannot get back: `doctor` never spends one
+/// unasked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spends {
+    /// A response-wrapped credential: its wrapping token works once.
+    Wrapped,
+    /// A credential whose uses the server may limit, which the node cannot see.
+    MaybeLimitedUses,
+}
+
 /// A fetched value and the version the backend served, if it says.
 pub struct Fetched {
     pub value: Secret,
@@ -201,6 +211,16 @@ impl BackendConfig {
         }
     }
 
+    /// Whether establishing the identity spends a credential (see [`Spends`]).
+    pub fn login_spends(&self) -> Option<Spends> {
+        match self {
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(c) => c.auth.login_spends(),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Things worth telling the operator about these settings (not errors).
     pub fn warnings(&self) -> Vec<String> {
         match self {
@@ -268,6 +288,28 @@ impl Backend {
                 gcp::GcpBackend::connect(name, c, deadline)
                     .await
                     .map(Backend::Gcp)
+            }
+        }
+    }
+
+    /// For `doctor`: what a [`Spends::Wrapped`] credential is, looked at without spending it.
+    pub async fn inspect_wrapped(
+        name: &str,
+        cfg: &BackendConfig,
+        deadline: &Deadline,
+        limits: &Limits,
+    ) -> Result<String, RetryError> {
+        match cfg {
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(c) => {
+                vault::VaultBackend::inspect_wrapped(name, c, deadline, limits).await
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = (name, deadline, limits);
+                Err(RetryError::Permanent(FetchError::permanent(
+                    "internal error: this backend has no wrapped credential",
+                )))
             }
         }
     }

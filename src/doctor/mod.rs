@@ -12,7 +12,7 @@
 
 pub mod platform;
 
-use crate::backend::{Backend, BackendConfig, Probe};
+use crate::backend::{Backend, BackendConfig, Probe, Spends};
 use crate::plan::Plan;
 use crate::retry::Deadline;
 use serde::Serialize;
@@ -173,8 +173,15 @@ fn cloud_of(cfg: &BackendConfig) -> Option<platform::Cloud> {
     }
 }
 
+/// What the operator allows doctor to do beyond looking.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Log in with an AppRole secret_id although a login may spend one of its uses.
+    pub use_secret_id: bool,
+}
+
 /// Runs every check for the manifest at `manifest`.
-pub async fn run(manifest: &Path, places: &Places) -> Report {
+pub async fn run(manifest: &Path, places: &Places, opts: Options) -> Report {
     let mut report = Report::default();
     let plan = match crate::plan::load(manifest) {
         Ok(p) => {
@@ -210,7 +217,7 @@ pub async fn run(manifest: &Path, places: &Places) -> Report {
     };
     if let Some(plan) = &plan {
         platform_check(&mut report, plan, places);
-        backends_and_secrets(&mut report, plan).await;
+        backends_and_secrets(&mut report, plan, opts).await;
         output_root(&mut report, plan);
         last_run(&mut report, plan);
     }
@@ -256,7 +263,18 @@ fn platform_check(report: &mut Report, plan: &Plan, places: &Places) {
     }
 }
 
-async fn backends_and_secrets(report: &mut Report, plan: &Plan) {
+/// Every secret of backend `name` as not checked, with why.
+fn not_checked(report: &mut Report, plan: &Plan, name: &str, why: &str) {
+    for s in plan.secrets.iter().filter(|s| s.backend == name) {
+        report.add(
+            format!("secret `{}`", s.path),
+            Verdict::Skip,
+            format!("not checked: {why}"),
+        );
+    }
+}
+
+async fn backends_and_secrets(report: &mut Report, plan: &Plan, opts: Options) {
     let skipped = crate::runner::skipped_secrets(plan);
     let skip: std::collections::BTreeSet<usize> = skipped.iter().map(|(i, _)| *i).collect();
     for (name, cfg) in plan.used_backends() {
@@ -307,6 +325,49 @@ async fn backends_and_secrets(report: &mut Report, plan: &Plan) {
             continue;
         }
         let deadline = Deadline::after(IDENTITY_BUDGET);
+        // A diagnosis never spends a credential a run needs.
+        match cfg.login_spends() {
+            Some(Spends::Wrapped) => {
+                match Backend::inspect_wrapped(name, cfg, &deadline, &plan.limits).await {
+                    Ok(d) => report.add(check, Verdict::Ok, d),
+                    Err(e) => report.add_hint(
+                        check,
+                        Verdict::Fail,
+                        format!("{} ({}): {e}", cfg.kind(), cfg.describe()),
+                        "a run would fail on it and kubelet would not start: deliver a fresh \
+                         wrapped secret_id before the run",
+                    ),
+                }
+                not_checked(
+                    report,
+                    plan,
+                    name,
+                    "reading a reference needs a login, which would spend the wrapped secret_id",
+                );
+                continue;
+            }
+            Some(Spends::MaybeLimitedUses) if !opts.use_secret_id => {
+                report.add_hint(
+                    check,
+                    Verdict::Skip,
+                    format!(
+                        "not checked: a login with the secret_id in {} spends one of its uses \
+                         when the role limits them (secret_id_num_uses), which the node cannot see",
+                        cfg.describe()
+                    ),
+                    "`bootsecrets doctor --use-secret-id` logs in (and spends a use, if they are \
+                     limited)",
+                );
+                not_checked(
+                    report,
+                    plan,
+                    name,
+                    &format!("backend `{name}` was not logged in to"),
+                );
+                continue;
+            }
+            _ => {}
+        }
         let backend = match Backend::connect(name, cfg, &deadline, &plan.limits).await {
             Ok(b) => b,
             Err(e) => {
@@ -317,13 +378,12 @@ async fn backends_and_secrets(report: &mut Report, plan: &Plan) {
                     format!("{} ({}): {message}", cfg.kind(), cfg.describe()),
                     identity_hint(&message),
                 );
-                for s in plan.secrets.iter().filter(|s| &s.backend == name) {
-                    report.add(
-                        format!("secret `{}`", s.path),
-                        Verdict::Skip,
-                        format!("not checked: backend `{name}` has no identity"),
-                    );
-                }
+                not_checked(
+                    report,
+                    plan,
+                    name,
+                    &format!("backend `{name}` has no identity"),
+                );
                 continue;
             }
         };
@@ -484,7 +544,8 @@ fn last_run(report: &mut Report, plan: &Plan) {
             check,
             Verdict::Warn,
             format!("{detail}; {pending} on_change command(s) still owed"),
-            "they run again on the next run; `journalctl -u bootsecrets` says why they failed",
+            "they run with the next refresh (`systemctl start bootsecrets-refresh.service` runs \
+             one now); `journalctl -u bootsecrets -u bootsecrets-refresh` says why they failed",
         ),
         _ => report.add_hint(
             check,
@@ -493,8 +554,10 @@ fn last_run(report: &mut Report, plan: &Plan) {
                 "{detail}: {}",
                 run["error"].as_str().unwrap_or("no error recorded")
             ),
-            "`journalctl -u bootsecrets` and `run.failures` in the status file name every failing \
-             secret; `systemctl restart bootsecrets` after fixing",
+            "`journalctl -u bootsecrets -u bootsecrets-refresh` and `run.failures` in the status \
+             file name every failing secret. After fixing: `systemctl start \
+             bootsecrets-refresh.service` on a running node; if kubelet did not start, `systemctl \
+             start kubelet.service` (it runs bootsecrets.service first)",
         ),
     }
 }

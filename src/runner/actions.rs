@@ -103,6 +103,46 @@ pub(super) async fn run_actions(commands: Vec<Vec<String>>) -> Vec<Action> {
     out
 }
 
+/// The boot gate's way with owed commands: they stay owed (the caller records them as
+/// `pending_actions`), and bootsecrets-refresh.service is started without waiting for it
+/// (`systemctl start --no-block`), which runs them after the gate has finished. The gate never
+/// waits on a unit ordered after it. Without systemctl or the refresh unit they stay owed until a
+/// refresh runs, and the warning says so.
+pub(super) async fn hand_to_refresh(owed: &[Vec<String>]) {
+    let commands = owed
+        .iter()
+        .map(|a| format!("`{}`", a.join(" ")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let unit = crate::units::REFRESH_UNIT_NAME;
+    let path = crate::credfile::safe_search_path(&ACTION_PATH);
+    let systemctl = path
+        .split(':')
+        .map(|d| format!("{d}/systemctl"))
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| "systemctl is not in root's own PATH".to_string())
+        .and_then(|p| crate::credfile::check_executable("systemctl", &p));
+    let argv: Vec<String> = ["systemctl", "start", "--no-block", unit]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let started = match systemctl {
+        Ok(program) => run_checked(&program, &argv, &path, Duration::from_secs(10)).await,
+        Err(e) => (false, e),
+    };
+    match started {
+        (true, _) => log::info!(
+            "on_change command(s) {commands} owed: handed to {unit}, started without waiting \
+             (this run is the boot gate, which never waits on a unit ordered after it)"
+        ),
+        (false, why) => log::warn!(
+            "on_change command(s) {commands} owed, and {unit} could not be started ({why}): \
+             they stay owed (pending_actions in the status file) and run with the next refresh \
+             (`systemctl start {unit}`)"
+        ),
+    }
+}
+
 /// Runs the checked, resolved `program` with `argv` (`argv[0]` as the manifest wrote it, which
 /// multi-call programs read) and `path` as the whole environment, for at most `left`.
 async fn run_checked(

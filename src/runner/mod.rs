@@ -28,6 +28,19 @@ pub use fetch::skipped as skipped_secrets;
 pub struct RunOptions {
     /// Development only: accept an output root that is not on tmpfs or ramfs.
     pub allow_non_tmpfs: bool,
+    pub on_change: OnChange,
+}
+
+/// What a run does with the `on_change` commands it owes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnChange {
+    /// Run them, each checked just before (a refresh).
+    #[default]
+    Run,
+    /// Record them as owed and start bootsecrets-refresh.service without waiting for it: the
+    /// boot gate must never wait on a unit ordered after it (a `systemctl restart` of a consumer
+    /// that is ordered after the gate would wait for the gate's own start job).
+    Defer,
 }
 
 /// What a successful run did (sizes and timings only: never values).
@@ -136,6 +149,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         Err(fetch::failed_run(plan, &required, total))
     };
     let mut actions = Vec::new();
+    let mut deferred: Vec<Vec<String>> = Vec::new();
     if let Ok((done, publication)) = &result {
         log_publication(plan, done, publication);
         let owed = owed_actions(plan, done, publication, &previous.pending);
@@ -145,7 +159,13 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             if let Err(e) = write_status(&root, &st) {
                 log::warn!("{e:#}");
             }
-            actions = run_actions(owed).await;
+            match opts.on_change {
+                OnChange::Run => actions = run_actions(owed).await,
+                OnChange::Defer => {
+                    actions::hand_to_refresh(&owed).await;
+                    deferred = owed;
+                }
+            }
         }
     }
     let still_pending: Vec<Vec<String>> = match &result {
@@ -153,6 +173,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
             .iter()
             .filter(|a| !a.ok)
             .map(|a| a.argv.clone())
+            .chain(deferred.iter().cloned())
             .collect(),
         // Nothing ran: everything owed before is still owed.
         Err(_) => previous.pending.clone(),

@@ -191,3 +191,62 @@ def test_access_scopes_that_keep_secret_manager_out_are_named(gce_metadata, secr
                           tmp_path, cmdline="ignition.platform.id=gcp")
     warn = [c for c in report["checks"] if c["check"] == "identity `gcp`" and c["status"] == "warn"]
     assert warn and "include neither cloud-platform nor secretmanager" in warn[0]["detail"], report
+
+
+def test_a_diagnosis_never_spends_a_single_use_secret_id(bao, outdir, credfile, bootsecrets,
+                                                         tmp_path):
+    """A wrapped secret_id is looked up, never unwrapped; a plain one (whose uses the role may
+    limit) is not logged in with unless asked. The run after the diagnosis still logs in."""
+    import uuid
+
+    import requests
+    kv = f"kv-{uuid.uuid4().hex[:8]}"
+    bao.enable_kv(kv, 2)
+    bao.read_policy(kv, f"{kv}/data/*", f"{kv}/*")
+    mount = f"approle-{uuid.uuid4().hex[:6]}"
+    bao.enable_auth(mount, "approle")
+    bao.api("POST", f"auth/{mount}/role/node", {"token_policies": [kv], "secret_id_num_uses": 1})
+    role_id = bao.api("GET", f"auth/{mount}/role/node/role-id")["data"]["role_id"]
+    bao.put(kv, "k", {"v": "after-doctor"})
+    rid = str(credfile("role-id", role_id))
+    secrets = [{"path": "v", "ref": f"{kv}/k", "field": "v"}]
+
+    r = requests.post(f"{bao.url}/v1/auth/{mount}/role/node/secret-id",
+                      headers={"X-Vault-Token": "root", "X-Vault-Wrap-TTL": "5m"}, timeout=10)
+    wrapping = r.json()["wrap_info"]["token"]
+    wrapped = vault_manifest(outdir, bao.url, {
+        "method": "approle", "mount": mount, "role_id_file": rid,
+        "secret_id_file": str(credfile("wrapped", wrapping)), "secret_id_wrapped": True}, secrets)
+    code, report, text = doctor(wrapped, tmp_path, cmdline="ignition.platform.id=metal")
+    f = finding(report, "identity `vault`")
+    assert f["status"] == "ok" and "is live" in f["detail"] and "not unwrapped" in f["detail"], f
+    assert f"auth/{mount}/role/node/secret-id" in f["detail"], f
+    assert finding(report, "secret `v`")["status"] == "skip"
+    assert wrapping not in text
+    r = bootsecrets(wrapped)
+    assert r.code == 0, r
+    assert (outdir / "v").read_bytes() == b"after-doctor"
+    # Now spent: doctor says a run would fail on it.
+    code, report, _ = doctor(wrapped, tmp_path, cmdline="ignition.platform.id=metal")
+    f = finding(report, "identity `vault`")
+    assert code == 1 and f["status"] == "fail" and "already used" in f["detail"], f
+
+    secret_id = bao.api("POST", f"auth/{mount}/role/node/secret-id")["data"]["secret_id"]
+    plain = vault_manifest(outdir, bao.url, {
+        "method": "approle", "mount": mount, "role_id_file": rid,
+        "secret_id_file": str(credfile("plain", secret_id))}, secrets)
+    code, report, text = doctor(plain, tmp_path, cmdline="ignition.platform.id=metal")
+    f = finding(report, "identity `vault`")
+    assert f["status"] == "skip" and "secret_id_num_uses" in f["detail"], f
+    assert "--use-secret-id" in f["hint"], f
+    r = bootsecrets(plain)
+    assert r.code == 0, "doctor spent the secret_id's only use"
+    # Asked to, doctor logs in (and spends it).
+    fresh = bao.api("POST", f"auth/{mount}/role/node/secret-id")["data"]["secret_id"]
+    credfile("plain", fresh)
+    m = tmp_path / "asked.toml"
+    m.write_text(plain)
+    r = subprocess.run(node_argv([str(BIN), "doctor", "--manifest", str(m), "--json",
+                                  "--use-secret-id"]), capture_output=True, text=True, timeout=120)
+    f = finding(json.loads(r.stdout), "identity `vault`")
+    assert f["status"] == "ok" and "approle login" in f["detail"], f

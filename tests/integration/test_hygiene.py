@@ -5,6 +5,8 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from conftest import BIN, aws_manifest, node_argv
 
 
@@ -44,7 +46,8 @@ def test_running_process_has_core_dumps_off_and_clean_argv_env(moto, imds_factor
     assert (outdir / "h").read_bytes() == b"hygiene-value"
 
 
-def test_process_is_non_dumpable(moto, imds_factory, name):
+@pytest.mark.parametrize("command", ["run", "doctor"])
+def test_process_is_non_dumpable(moto, imds_factory, name, command):
     """Run as `nobody`: a dumpable process's /proc/PID files belong to its own uid, a non-dumpable
     one's to root. So the owner of /proc/PID/environ tells whether PR_SET_DUMPABLE took effect.
     Not under the unit's restrictions: the point is a run by an unprivileged user, whose /proc
@@ -60,7 +63,7 @@ def test_process_is_non_dumpable(moto, imds_factory, name):
             f.write(aws_manifest(f"{work}/out", imds, moto, [{"path": "h", "ref": f"{name}/h"}]))
         os.chmod(work, 0o777)
         proc = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                                 str(BIN), "run", "--manifest", manifest],
+                                 str(BIN), command, "--manifest", manifest],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"})
         try:
             owner = None
@@ -73,6 +76,10 @@ def test_process_is_non_dumpable(moto, imds_factory, name):
                     owner = os.stat(f"/proc/{proc.pid}/environ").st_uid
                     break
             assert owner == 0, f"/proc/PID/environ owned by {owner}: the process is dumpable"
+            limits = open(f"/proc/{proc.pid}/limits").read()
+            core = next(line for line in limits.splitlines()
+                        if line.startswith("Max core file size"))
+            assert core.split()[4:6] == ["0", "0"], core
         finally:
             proc.kill()
             proc.wait()

@@ -106,3 +106,54 @@ def test_an_on_change_program_others_could_change_is_refused(moto, imds, outdir,
     r = bootsecrets(aws_manifest(outdir, imds, moto, [
         {"path": "a", "ref": f"{name}/a", "on_change": [str(script)]}]), command="check")
     assert r.code == 0 and "is not executable" in r.stdout, r
+
+
+def test_the_boot_gate_hands_owed_commands_to_the_refresh_unit(moto, imds, outdir, name,
+                                                                bootsecrets, tmp_path):
+    """A `systemctl restart bootsecrets.service` on a running node changes a secret: the gate
+    (ExecStart=/opt/bin/bootsecrets with the unit's BOOTSECRETS_ON_CHANGE=defer) must not run an
+    on_change that may restart a consumer ordered after it (that would wait on the gate's own
+    start job). It records the command as owed and starts the refresh unit without waiting."""
+    import subprocess
+
+    from conftest import BIN, node_argv
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString="one")
+    marker = tmp_path / "reloaded"
+    script = tmp_path / "reload"
+    script.write_text(f"#!/bin/sh\necho ran >> {marker}\n")
+    script.chmod(0o755)
+    calls = tmp_path / "systemctl.calls"
+    fake = tmp_path / "systemctl"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    fake.chmod(0o755)
+    m = aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a",
+                                           "on_change": [str(script)]}])
+    assert bootsecrets(m).code == 0
+    sm.put_secret_value(SecretId=f"{name}/a", SecretString="two")
+    mpath = tmp_path / "manifest.toml"  # the fixture's own: the root belongs to it
+    gate = subprocess.run(
+        node_argv([str(BIN), "--manifest", str(mpath)], binds=[(fake, "/usr/bin/systemctl")]),
+        capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "BOOTSECRETS_ON_CHANGE": "defer"})
+    assert gate.returncode == 0, gate.stderr
+    assert (outdir / "a").read_bytes() == b"two"
+    assert not marker.exists(), "the gate ran an on_change command itself"
+    assert calls.read_text() == "start --no-block bootsecrets-refresh.service\n"
+    assert "handed to bootsecrets-refresh.service" in gate.stderr, gate.stderr
+    assert status(outdir)["run"]["pending_actions"] == [[str(script)]]
+
+    # No refresh unit to start (systemctl fails): still owed, and said so.
+    fake.write_text("#!/bin/sh\nexit 5\n")
+    sm.put_secret_value(SecretId=f"{name}/a", SecretString="three")
+    r = bootsecrets(m, env={"BOOTSECRETS_ON_CHANGE": "defer"},
+                    binds=[(fake, "/usr/bin/systemctl")])
+    assert r.code == 0 and not marker.exists(), r
+    assert "could not be started" in r.stderr and "stay owed" in r.stderr, r
+    assert status(outdir)["run"]["pending_actions"] == [[str(script)]]
+
+    # The refresh runs what the gate owed.
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert marker.read_text() == "ran\n"
+    assert status(outdir)["run"]["pending_actions"] == []

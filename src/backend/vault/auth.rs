@@ -397,6 +397,24 @@ impl AuthConfig {
         }
     }
 
+    /// Whether a login spends a credential it cannot get back: a wrapped secret_id (its wrapping
+    /// token works once), or a plain one (whose uses the role may limit, `secret_id_num_uses`,
+    /// which nothing on the node can see). `doctor` does not log in with either unasked.
+    pub fn login_spends(&self) -> Option<crate::backend::Spends> {
+        match self {
+            AuthConfig::AppRole {
+                secret_id_file: Some(_),
+                secret_id_wrapped,
+                ..
+            } => Some(if *secret_id_wrapped {
+                crate::backend::Spends::Wrapped
+            } else {
+                crate::backend::Spends::MaybeLimitedUses
+            }),
+            _ => None,
+        }
+    }
+
     pub fn warnings(&self) -> Vec<String> {
         match self {
             AuthConfig::AppRole {
@@ -512,7 +530,7 @@ pub struct LoginState {
 /// A JSON object of string members, written into a zeroizing buffer sized up front (serde_json
 /// writes a byte as at most 6, `\u00XX`; a member adds `"":"",` around its name and value), so
 /// that no growing buffer frees a partial copy of a credential. Members in the order given.
-fn json_body(members: &[(&str, &str)]) -> Result<Zeroizing<Vec<u8>>, FetchError> {
+pub(super) fn json_body(members: &[(&str, &str)]) -> Result<Zeroizing<Vec<u8>>, FetchError> {
     let bound = 2 + members
         .iter()
         .map(|(k, v)| 6 * k.len() + 6 * v.len() + 6)
@@ -764,6 +782,64 @@ async fn unwrap_secret_id(file: &str, api: &Api) -> Result<SecretString, FetchEr
         .map_err(|_| {
             FetchError::permanent(format!("{what}: the wrapped response holds no secret_id"))
         })
+}
+
+/// Looks at a wrapped secret_id without unwrapping it (`sys/wrapping/lookup`, which does not
+/// spend the wrapping token): what it was made for and its TTL, or why a run would fail on it.
+pub async fn lookup_wrapped(cfg: &AuthConfig, api: &Api) -> Result<String, FetchError> {
+    let AuthConfig::AppRole {
+        secret_id_file: Some(file),
+        secret_id_wrapped: true,
+        ..
+    } = cfg
+    else {
+        return Err(FetchError::permanent(
+            "internal error: no wrapped secret_id to look at",
+        ));
+    };
+    let what = "looking up the wrapped secret_id (sys/wrapping/lookup)";
+    let wrapping = credfile::read_credential("secret_id_file", file)?;
+    let mut body = json_body(&[("token", wrapping.expose())])?;
+    let resp = api
+        .post(
+            "sys/wrapping/lookup",
+            std::mem::take(&mut *body),
+            None,
+            what,
+        )
+        .await?;
+    if resp.code == 400 {
+        return Err(FetchError::permanent(format!(
+            "{what}: the wrapping token in `{file}` is invalid, expired or already used (400): a \
+             run would fail to unwrap it; deliver a fresh wrapped secret_id"
+        )));
+    }
+    if resp.code != 200 {
+        return Err(resp.error(what));
+    }
+    #[derive(serde::Deserialize)]
+    struct Lookup {
+        data: LookupData,
+    }
+    #[derive(serde::Deserialize)]
+    struct LookupData {
+        #[serde(default)]
+        creation_path: String,
+        #[serde(default)]
+        creation_ttl: u64,
+    }
+    let l: Lookup = serde_json::from_slice(resp.body.expose()).map_err(|_| {
+        FetchError::permanent(format!("{what}: Vault's answer is not a wrapping lookup"))
+    })?;
+    // Shown only when it is a Vault path as bootsecrets accepts them, never whatever was sent.
+    let path = Some(l.data.creation_path)
+        .filter(|p| p.len() <= 200 && super::valid_path(p))
+        .unwrap_or_else(|| "an unnamed path".into());
+    Ok(format!(
+        "the wrapped secret_id in `{file}` is live (made by {path}, TTL {} s); not unwrapped: it \
+         works once, and a run needs it",
+        l.data.creation_ttl
+    ))
 }
 
 /// Builds Vault's aws (IAM) login body: an `sts:GetCallerIdentity` request signed with SigV4 using the

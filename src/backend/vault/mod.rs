@@ -367,6 +367,26 @@ impl VaultBackend {
         })
     }
 
+    /// For `doctor`: looks at a wrapped secret_id without spending it (see
+    /// [`auth::lookup_wrapped`]), retrying transient errors within `deadline`.
+    pub async fn inspect_wrapped(
+        name: &str,
+        cfg: &VaultConfig,
+        deadline: &Deadline,
+        limits: &crate::settings::Limits,
+    ) -> Result<String, RetryError> {
+        let api = retry(&format!("backend `{name}`: Vault client"), deadline, |_| {
+            Api::new(cfg, None, limits.max_response)
+        })
+        .await?;
+        retry(
+            &format!("backend `{name}`: wrapped secret_id"),
+            deadline,
+            |_| auth::lookup_wrapped(&cfg.auth, &api),
+        )
+        .await
+    }
+
     /// Revokes the token (`auth/token/revoke-self`) unless the manifest keeps it. A failure is
     /// reported, not fatal: the secrets are already written, and the token expires with its TTL.
     pub async fn finish(&self) {
