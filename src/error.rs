@@ -154,6 +154,34 @@ pub fn is_tls_clock_error(err: &(dyn std::error::Error + 'static)) -> bool {
     .is_some()
 }
 
+/// The one classification of a TLS failure, shared by every backend and metadata client: a
+/// certificate not valid at this time (expired, or not yet valid: the node's clock is behind
+/// before NTP has synced, at boot) is transient, so the run retries within its deadline; any
+/// other certificate or protocol failure is permanent. `peer` names the service (if the caller
+/// does not), `fix` is added
+/// to a permanent failure's message. `None` when `err` holds no TLS failure.
+pub fn classify_tls(
+    err: &(dyn std::error::Error + 'static),
+    peer: Option<&str>,
+    fix: &str,
+) -> Option<FetchError> {
+    let (of, with) = match peer {
+        Some(p) => (format!(" of {p}"), format!(" with {p}")),
+        None => (String::new(), String::new()),
+    };
+    if is_tls_clock_error(err) {
+        Some(FetchError::transient(format!(
+            "TLS: the certificate{of} is not valid at this time (is the clock set?)"
+        )))
+    } else if is_tls_error(err) {
+        Some(FetchError::permanent(format!(
+            "TLS handshake{with} failed (certificate or protocol error{fix})"
+        )))
+    } else {
+        None
+    }
+}
+
 /// A short, fixed description of a transport-level failure, for messages.
 pub fn describe_io(err: &std::io::Error) -> &'static str {
     use std::io::ErrorKind::*;

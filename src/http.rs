@@ -5,7 +5,7 @@
 //! rustls and never a proxy: a metadata endpoint must be reached directly, and an HTTP proxy
 //! would see the tokens.
 
-use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
+use crate::error::{FetchError, describe_io, find_io_error};
 use std::time::Duration;
 use zeroize::Zeroizing;
 
@@ -108,15 +108,9 @@ pub async fn read_body(
 /// Classifies a `reqwest` transport error (no HTTP status): TLS failures are permanent,
 /// everything else (refused, reset, timeouts, DNS not ready) is transient.
 pub fn transport_error(err: &reqwest::Error, what: &str) -> FetchError {
-    if crate::error::is_tls_clock_error(err) {
-        return FetchError::transient(format!(
-            "{what}: TLS certificate not valid at this time (is the clock set?)"
-        ));
-    }
-    if is_tls_error(err) {
-        return FetchError::permanent(format!(
-            "{what}: TLS handshake failed (certificate or protocol error)"
-        ));
+    if let Some(mut e) = crate::error::classify_tls(err, None, "") {
+        e.message = format!("{what}: {}", e.message);
+        return e;
     }
     if err.is_builder() {
         return FetchError::permanent(format!("{what}: the request could not be built"));

@@ -798,14 +798,10 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
                 FetchError::transient("connection timed out")
             } else {
                 match find_io_error(err) {
-                    // Before the clock is synced a valid certificate can look expired.
-                    _ if crate::error::is_tls_clock_error(err) => FetchError::transient(
-                        "TLS: Secrets Manager's certificate is not valid at this time (is the clock set?)",
-                    ),
-                    // A certificate or protocol failure will not clear by retrying.
-                    _ if is_tls_error(err) => FetchError::permanent(
-                        "TLS handshake with Secrets Manager failed (certificate or protocol error)",
-                    ),
+                    _ if is_tls_error(err) => {
+                        crate::error::classify_tls(err, Some("Secrets Manager"), "")
+                            .expect("a TLS error")
+                    }
                     Some(io) => FetchError::transient(format!(
                         "cannot reach Secrets Manager: {}",
                         describe_io(io)

@@ -8,7 +8,7 @@
 //! its challenge-resource check left on.
 
 use crate::error::TooLarge;
-use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
+use crate::error::{FetchError, describe_io, find_io_error};
 use crate::http::sanitize_code;
 use crate::identity::azure_imds::{self, AzureImdsSettings};
 use crate::manifest::{AzureEntry, SecretEntry};
@@ -695,11 +695,10 @@ fn classify(err: &azure_core::Error, resource: &str) -> FetchError {
             }
         }
         ErrorKind::Connection | ErrorKind::Io => {
-            if is_tls_error(err) {
-                FetchError::permanent(
-                    "TLS handshake with Key Vault failed (certificate or protocol error; a \
-                     private CA needs ca_bundle)",
-                )
+            if let Some(e) =
+                crate::error::classify_tls(err, Some("Key Vault"), "; a private CA needs ca_bundle")
+            {
+                e
             } else {
                 let detail = find_io_error(err)
                     .map(describe_io)

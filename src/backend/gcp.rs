@@ -8,7 +8,7 @@
 //! `google-cloud-secretmanager-v1` client with its retry policy off and a per-attempt timeout.
 
 use super::is_loopback_url;
-use crate::error::{FetchError, describe_io, find_io_error, is_tls_error};
+use crate::error::{FetchError, describe_io, find_io_error};
 use crate::identity::gce_metadata::{self, GceMetadataSettings, valid_project};
 use crate::manifest::{GcpEntry, SecretEntry};
 use crate::retry::{Deadline, RetryError, retry};
@@ -586,10 +586,8 @@ fn classify(err: &google_cloud_gax::error::Error) -> FetchError {
     if err.is_timeout() {
         return FetchError::transient("request timed out");
     }
-    if is_tls_error(err) {
-        return FetchError::permanent(
-            "TLS handshake with Secret Manager failed (certificate or protocol error)",
-        );
+    if let Some(e) = crate::error::classify_tls(err, Some("Secret Manager"), "") {
+        return e;
     }
     if err.is_connect() || err.is_io() || err.is_transport() {
         let detail = find_io_error(err)

@@ -39,7 +39,9 @@ class TestCA:
         self.ca_path = self.dir / "ca.pem"
         self.ca_path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def server_context(self, names: list[str]) -> ssl.SSLContext:
+    def server_context(self, names: list[str], valid_from=None) -> ssl.SSLContext:
+        """`valid_from`: the certificate's notBefore (default: five minutes ago); one in the future
+        is what a node whose clock is not yet set sees."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         sans = [x509.DNSName(n) for n in names] + [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
@@ -49,8 +51,8 @@ class TestCA:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(valid_from or now - datetime.timedelta(minutes=5))
+            .not_valid_after(max(valid_from or now, now) + datetime.timedelta(days=1))
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
@@ -68,3 +70,35 @@ class TestCA:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(cert_path, key_path)
         return ctx
+
+
+class TlsListener:
+    """A TCP port that answers every connection with a TLS handshake for `names` under `ctx`
+    (then closes): enough to see how a client judges the certificate."""
+
+    def __init__(self, ctx: ssl.SSLContext):
+        import socket
+        import threading
+        self.ctx = ctx
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.handshakes = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.handshakes += 1
+            try:
+                with self.ctx.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError):
+                pass
+
+    def stop(self):
+        self.sock.close()
