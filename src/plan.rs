@@ -493,6 +493,15 @@ impl Plan {
                             j + 1
                         ));
                     }
+                    if sp.mode & 0o200 != 0 && sp.owner.id != 0 {
+                        warnings.push(format!(
+                            "{label}: mode {:04o} lets its owner `{}` write the file, and a \
+                             change made through a shared mapping or within a timestamp tick \
+                             leaves no trace bootsecrets can see: the file is written again on \
+                             every run. A reader needs no write access: \"0400\" or \"0440\"",
+                            sp.mode, sp.owner
+                        ));
+                    }
                     if sp.mode & 0o070 != 0 && root_mode & 0o070 == 0 {
                         warnings.push(format!(
                             "{label}: mode {:04o} grants group access, but the output root is 0700; \

@@ -66,6 +66,13 @@ impl OutputRoot {
                 _ => true,
             })
             .collect();
+        // A file its owner may write, when the owner is not the writer (root), is never taken as
+        // unchanged from its record: the owner can change the content within the timestamp tick
+        // of the record, or through a mapping, and leave the ctime as recorded. Such a file is
+        // written again on every run (a new inode in a new version); it counts as changed only
+        // when its value, mode or owner did.
+        let me = nix::unistd::geteuid().as_raw();
+        let untrusted = outputs.iter().any(|o| o.mode & 0o200 != 0 && o.uid != me);
         let top: BTreeSet<String> = outputs
             .iter()
             .map(|o| o.path.components()[0].clone())
@@ -83,6 +90,7 @@ impl OutputRoot {
         if let (Some((version, _)), Some(k)) = (&current, known)
             && !changed.contains(&true)
             && removed.is_empty()
+            && !untrusted
         {
             // Same set: nothing to write. Repair the links in case one was removed by hand.
             self.link_names(&top)?;
@@ -100,6 +108,12 @@ impl OutputRoot {
             });
         }
 
+        if untrusted && !changed.contains(&true) && removed.is_empty() {
+            log::debug!(
+                "the set is unchanged, but written again: a file's owner may write it, so its \
+                 record cannot prove it untouched"
+            );
+        }
         let version = format!("{VERSION_PREFIX}{:016x}", fastrand::u64(..));
         let prepared = self
             .build_version(&version, outputs, &digests, hook)

@@ -293,3 +293,48 @@ def test_a_root_group_member_cannot_hold_the_lock_of_later_runs(moto, imds, outd
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting owners needs root")
+def test_a_file_its_owner_may_write_is_never_trusted_unchanged(moto, imds, outdir, name,
+                                                               bootsecrets):
+    """An owner who may write its file can change the content and leave the ctime bootsecrets
+    recorded (within the record's timestamp tick, or through a shared mapping): such a file is
+    written again on every run, while a file its owner can only read keeps its inode. Its
+    value is restored, and it counts as changed only when the value did (no on_change)."""
+    sm = moto.client("secretsmanager")
+    sm.create_secret(Name=f"{name}/a", SecretString="backend-value")
+    m = aws_manifest(outdir, imds, moto, [
+        {"path": "rw", "ref": f"{name}/a", "owner": str(NOBODY), "mode": "0600"},
+        {"path": "ro", "ref": f"{name}/a", "owner": str(NOBODY), "mode": "0400"},
+    ], settings='root_group = "nogroup"')
+    assert bootsecrets(m).code == 0
+    ino = {p: (outdir / p).stat().st_ino for p in ("rw", "ro")}
+    assert ino["rw"]
+    # The owner overwrites its file in place (as a write within the tick would leave it).
+    subprocess.run(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                    "/usr/bin/python3", "-c",
+                    f"import os; fd = os.open('{outdir / 'rw'}', os.O_WRONLY); "
+                    "os.write(fd, b'consumer-wrot'); os.close(fd)"], check=True)
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert (outdir / "rw").read_bytes() == b"backend-value"
+    assert (outdir / "rw").stat().st_ino != ino["rw"], "an owner-writable file was trusted"
+    # Untouched and unchanged: still written anew (its record cannot prove it untouched), still
+    # not reported as changed.
+    before = (outdir / "rw").stat().st_ino
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert (outdir / "rw").stat().st_ino != before, "an owner-writable file was trusted"
+    assert status(outdir)["run"]["changed"] == [], status(outdir)["run"]
+    assert (outdir / "ro").read_bytes() == b"backend-value"
+    r = bootsecrets(m, command="check")
+    assert r.code == 0 and "lets its owner `65534` write the file" in r.stdout, r
+    # Without such a file, an unchanged set is left as it is.
+    m = aws_manifest(outdir, imds, moto, [
+        {"path": "ro", "ref": f"{name}/a", "owner": str(NOBODY), "mode": "0400"},
+    ], settings='root_group = "nogroup"')
+    assert bootsecrets(m).code == 0
+    kept = (outdir / "ro").stat().st_ino
+    assert bootsecrets(m).code == 0
+    assert (outdir / "ro").stat().st_ino == kept
