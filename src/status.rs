@@ -66,6 +66,9 @@ pub struct RunStatus {
     pub skipped: Vec<SkippedStatus>,
     /// Everything that could not be fetched, optional or not, each with its cause.
     pub failures: Vec<FailureStatus>,
+    /// Optional secrets whose fetch failed transiently (`class` `deadline` in `failures`) and
+    /// whose published file stays as it was: their entries in `secrets` say `"kept": true`.
+    pub kept: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +119,11 @@ pub struct SecretStatus {
     pub ctime: String,
     pub fetched_at: String,
     pub fetch_ms: u128,
+    /// The file was not fetched in this run: its previous value stays published (an optional
+    /// secret whose backend failed transiently). `version` and `fetched_at` are those of the run
+    /// that fetched it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kept: bool,
 }
 
 impl SecretStatus {
@@ -177,6 +185,16 @@ fn record_of(e: &serde_json::Value) -> Option<(String, FileRecord)> {
         ctime: (secs.parse().ok()?, nanos.parse().ok()?),
     };
     Some((text("path")?.to_string(), record))
+}
+
+impl Previous {
+    /// The previous `secrets` entry of `path`, if the file has one.
+    pub fn entry(&self, path: &str) -> Option<&serde_json::Value> {
+        self.secrets
+            .as_array()?
+            .iter()
+            .find(|e| e.get("path").and_then(|p| p.as_str()) == Some(path))
+    }
 }
 
 /// Reads a previous status file.

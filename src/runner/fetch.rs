@@ -294,7 +294,7 @@ impl Failure {
             (
                 log::Level::Warn,
                 format!(
-                    "optional secret(s) {} not published: ",
+                    "optional secret(s) {} not fetched: ",
                     quoted(plan, &self.secrets)
                 ),
             )

@@ -81,8 +81,9 @@ fn publish(cx: &Context<'_>, done: &[Done]) -> Result<Publication, RunError> {
             }
         })
         .collect();
+    let keep = kept_paths(cx);
     cx.root
-        .publish(&outputs, cx.previous.known.as_ref(), &mut |p| {
+        .publish_keeping(&outputs, &keep, cx.previous.known.as_ref(), &mut |p| {
             let owed = owed_actions(plan, done, p, &cx.previous.pending);
             let st = status_of(cx, Outcome::Publishing(done, p), &[], &owed);
             write_status(cx.root, &st).context("cannot record the new set before publishing it")
@@ -93,6 +94,29 @@ fn publish(cx: &Context<'_>, done: &[Done]) -> Result<Publication, RunError> {
                 cx.root.path().display()
             )))
         })
+}
+
+/// The published files a run keeps as they are: optional secrets whose fetch failed
+/// transiently (a backend outage never takes a running node's secrets away), recorded by the
+/// previous run with the mode and owner the manifest still gives them. A permanent failure (not
+/// found, denied) removes the file: the backend has said it is gone or no longer this node's.
+fn kept_paths<'a>(cx: &Context<'a>) -> Vec<&'a crate::names::RelPath> {
+    let Some(known) = &cx.previous.known else {
+        return Vec::new();
+    };
+    let plan = cx.plan;
+    cx.failures
+        .iter()
+        .filter(|f| f.optional && matches!(f.error, RunError::DeadlineExceeded(_)))
+        .flat_map(|f| f.secrets.iter())
+        .map(|&i| &plan.secrets[i])
+        .filter(|s| {
+            known.files.get(&s.path.to_string()).is_some_and(|r| {
+                r.mode & 0o7777 == s.mode && r.uid == s.owner.id && r.gid == s.group.id
+            })
+        })
+        .map(|s| &s.path)
+        .collect()
 }
 
 pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
@@ -151,7 +175,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let mut actions = Vec::new();
     let mut deferred: Vec<Vec<String>> = Vec::new();
     if let Ok((done, publication)) = &result {
-        log_publication(plan, done, publication);
+        log_publication(plan, done, publication, &cx.failures);
         let owed = owed_actions(plan, done, publication, &previous.pending);
         if !owed.is_empty() {
             // Recorded before they run: a run killed meanwhile leaves them pending.
@@ -245,7 +269,7 @@ fn check_owner(plan: &Plan, root: &OutputRoot, previous: &Previous) -> Result<()
 
 /// One line per secret (written or unchanged) and per removed path: sizes, modes, versions and
 /// timings, never values.
-fn log_publication(plan: &Plan, done: &[Done], publication: &Publication) {
+fn log_publication(plan: &Plan, done: &[Done], publication: &Publication, failures: &[Failure]) {
     for (d, changed) in done.iter().zip(&publication.changed) {
         let s = &plan.secrets[d.index];
         log::info!(
@@ -266,7 +290,22 @@ fn log_publication(plan: &Plan, done: &[Done], publication: &Publication) {
             d.took.as_millis()
         );
     }
+    for (path, _) in &publication.kept {
+        let path = path.to_string();
+        log::warn!(
+            secret_path = path.as_str();
+            "kept {path} as published before: its backend could not be reached in time (the next refresh tries again)"
+        );
+    }
+    let failed: std::collections::BTreeSet<String> = failures
+        .iter()
+        .flat_map(|f| f.secrets.iter().map(|&i| plan.secrets[i].path.to_string()))
+        .collect();
     for r in &publication.removed {
-        log::info!(secret_path = r.as_str(); "removed {r}: no longer in the set");
+        if failed.contains(r) {
+            log::warn!(secret_path = r.as_str(); "removed {r}: its optional secret could not be fetched (above)");
+        } else {
+            log::info!(secret_path = r.as_str(); "removed {r}: no longer in the set");
+        }
     }
 }

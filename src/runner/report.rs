@@ -71,6 +71,7 @@ pub(super) fn status_of(
                 error: format!("{:#}", f.error.inner()),
             })
             .collect(),
+        kept: Vec::new(),
     };
     if actions.iter().any(|a| !a.ok) {
         run.exit_code = 1;
@@ -110,9 +111,42 @@ pub(super) fn status_of(
                         ctime: status::SecretStatus::ctime_of(r),
                         fetched_at: status::rfc3339(d.fetched_at),
                         fetch_ms: d.took.as_millis(),
+                        kept: false,
                     }
                 })
                 .collect();
+            let mut list = list;
+            for (path, r) in &publication.kept {
+                let path = path.to_string();
+                let Some(s) = plan.secrets.iter().find(|s| s.path.to_string() == path) else {
+                    continue;
+                };
+                // What the run that fetched it said of it.
+                let before = cx.previous.entry(&path);
+                let text = |k: &str| before.and_then(|e| e.get(k)?.as_str()).map(str::to_string);
+                run.kept.push(path.clone());
+                list.push(status::SecretStatus {
+                    path,
+                    backend: s.backend.clone(),
+                    backend_type: plan.backends[&s.backend].kind(),
+                    reference: s.reference.describe(),
+                    version: text("version"),
+                    sha256: r.sha256.clone(),
+                    size: usize::try_from(r.size).unwrap_or(usize::MAX),
+                    mode: format!("{:04o}", r.mode & 0o7777),
+                    owner: s.owner.to_string(),
+                    group: s.group.to_string(),
+                    uid: r.uid,
+                    gid: r.gid,
+                    inode: r.inode,
+                    ctime: status::SecretStatus::ctime_of(r),
+                    fetched_at: text("fetched_at").unwrap_or_default(),
+                    fetch_ms: before
+                        .and_then(|e| e.get("fetch_ms")?.as_u64())
+                        .map_or(0, u128::from),
+                    kept: true,
+                });
+            }
             (
                 Some(publication.version.clone()),
                 status::SecretList::Published(list),

@@ -31,12 +31,13 @@ impl OutputRoot {
         Ok(())
     }
 
-    /// Removes what a killed run can leave: version directories other than the published one,
-    /// temporary links, and temporary files of the status writer.
-    pub(super) fn remove_leftovers(&self, current: Option<&str>) -> Result<()> {
+    /// Removes what a killed run can leave: version directories other than the published one
+    /// and those it keeps files of (`keep`), temporary links, and temporary files of the status
+    /// writer.
+    pub(super) fn remove_leftovers(&self, keep: &BTreeSet<String>) -> Result<()> {
         let root = self.fd.as_fd();
         for name in entries(root)? {
-            if Some(name.as_str()) == current {
+            if keep.contains(&name) {
                 continue;
             }
             if name.starts_with(VERSION_PREFIX) {
@@ -52,6 +53,34 @@ impl OutputRoot {
 }
 
 /// Removes `name` in `parent` and everything below it, never following a symbolic link.
+/// Removes from the directory `name` under `parent` every entry but the files `keep` names
+/// (paths relative to it, below `prefix`), and the directories left empty.
+pub(super) fn prune_tree(
+    parent: BorrowedFd<'_>,
+    name: &str,
+    prefix: &str,
+    keep: &BTreeSet<String>,
+) -> Result<()> {
+    let fd = openat(parent, name, dir_flags(), Mode::empty())
+        .with_context(|| format!("cannot open {name}"))?;
+    for e in entries(fd.as_fd())? {
+        let rel = if prefix.is_empty() {
+            e.clone()
+        } else {
+            format!("{prefix}/{e}")
+        };
+        if keep.contains(&rel) {
+            continue;
+        }
+        if keep.iter().any(|k| k.starts_with(&format!("{rel}/"))) {
+            prune_tree(fd.as_fd(), &e, &rel, keep)?;
+        } else {
+            remove_tree(fd.as_fd(), &e)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn remove_tree(parent: BorrowedFd<'_>, name: &str) -> Result<()> {
     match openat(parent, name, dir_flags(), Mode::empty()) {
         Ok(fd) => {
@@ -97,6 +126,7 @@ mod tests {
         let mut recorded = None;
         r.publish_with(
             &[out(&a, &new, 0o400)],
+            &[],
             None,
             &mut |p| {
                 recorded = Some(known(p, &[out(&a, &new, 0o400)]));

@@ -131,6 +131,8 @@ pub struct Publication {
     pub version: String,
     /// Per output, in order: what to record about the published file.
     pub records: Vec<FileRecord>,
+    /// Files of the previous set kept as they are (no new value), with their records.
+    pub kept: Vec<(RelPath, FileRecord)>,
 }
 
 impl Publication {

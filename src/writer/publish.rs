@@ -1,11 +1,12 @@
 //! Publishing a set: what changed (from records and `fstatat`, never by reading a file back), the
 //! new version directory, the links, and the one `rename` that makes it visible.
 
-use super::cleanup::remove_tree;
+use super::cleanup::{prune_tree, remove_tree};
 use super::{
     DATA_LINK, FileRecord, KnownSet, LINK_TMP_PREFIX, Output, OutputRoot, Publication, Step,
     VERSION_PREFIX, dir_flags, entries, list_files, open_dir, set_owner_mode,
 };
+use crate::names::RelPath;
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, openat, readlinkat, renameat};
@@ -30,20 +31,43 @@ impl OutputRoot {
         known: Option<&KnownSet>,
         before_flip: BeforeFlip<'_>,
     ) -> Result<Publication> {
-        self.publish_with(outputs, known, before_flip, &mut |_| Ok(()))
+        self.publish_keeping(outputs, &[], known, before_flip)
     }
 
-    /// [`OutputRoot::publish`] with a hook called at each step, for crash tests.
+    /// [`OutputRoot::publish`], keeping the published files of `keep` (paths with no new value:
+    /// an optional secret whose fetch failed transiently) in the new set as they are. A kept
+    /// file is not copied or read: the new version holds a relative link to it in the version
+    /// that holds it, which stays until no published set refers to it. Only paths the published
+    /// set has, with a record, are kept ([`Publication::kept`]); the others are dropped.
+    pub fn publish_keeping(
+        &self,
+        outputs: &[Output<'_>],
+        keep: &[&RelPath],
+        known: Option<&KnownSet>,
+        before_flip: BeforeFlip<'_>,
+    ) -> Result<Publication> {
+        self.publish_with(outputs, keep, known, before_flip, &mut |_| Ok(()))
+    }
+
+    /// [`OutputRoot::publish_keeping`] with a hook called at each step, for crash tests.
     pub fn publish_with(
         &self,
         outputs: &[Output<'_>],
+        keep: &[&RelPath],
         known: Option<&KnownSet>,
         before_flip: BeforeFlip<'_>,
         hook: &mut dyn FnMut(Step) -> Result<()>,
     ) -> Result<Publication> {
         let root = self.fd.as_fd();
         let current = self.current()?;
-        self.remove_leftovers(current.as_ref().map(|c| c.0.as_str()))?;
+        let mut referenced = match &current {
+            Some((_, dir)) => kept_versions(dir.as_fd())?,
+            None => BTreeSet::new(),
+        };
+        if let Some((v, _)) = &current {
+            referenced.insert(v.clone());
+        }
+        self.remove_leftovers(&referenced)?;
         let digests: Vec<String> = outputs.iter().map(|o| o.value.sha256_hex()).collect();
         // Records describe the version they were taken of, and no other.
         let known = match (&current, known) {
@@ -55,6 +79,19 @@ impl OutputRoot {
         let dirs_ok = match &current {
             Some((_, dir)) => self.same_dirs(dir.as_fd(), outputs),
             None => false,
+        };
+        // What is kept: a path of the published set, recorded, with no new value.
+        let kept: Vec<(RelPath, FileRecord, String)> = match (&current, known) {
+            (Some((version, dir)), Some(k)) => keep
+                .iter()
+                .filter(|p| !outputs.iter().any(|o| o.path == **p))
+                .filter_map(|p| {
+                    let record = k.files.get(&p.to_string())?.clone();
+                    let target = kept_target(dir.as_fd(), version, p)?;
+                    Some(((*p).clone(), record, target))
+                })
+                .collect(),
+            _ => Vec::new(),
         };
         let changed: Vec<bool> = outputs
             .iter()
@@ -76,10 +113,15 @@ impl OutputRoot {
         let top: BTreeSet<String> = outputs
             .iter()
             .map(|o| o.path.components()[0].clone())
+            .chain(kept.iter().map(|(p, _, _)| p.components()[0].clone()))
             .collect();
         let removed: Vec<String> = match &current {
             Some((_, dir)) => {
-                let wanted: BTreeSet<String> = outputs.iter().map(|o| o.path.to_string()).collect();
+                let wanted: BTreeSet<String> = outputs
+                    .iter()
+                    .map(|o| o.path.to_string())
+                    .chain(kept.iter().map(|(p, _, _)| p.to_string()))
+                    .collect();
                 list_files(dir.as_fd(), "")?
                     .into_iter()
                     .filter(|f| !wanted.contains(f))
@@ -105,6 +147,7 @@ impl OutputRoot {
                 removed,
                 version: version.clone(),
                 records,
+                kept: kept.into_iter().map(|(p, r, _)| (p, r)).collect(),
             });
         }
 
@@ -116,7 +159,7 @@ impl OutputRoot {
         }
         let version = format!("{VERSION_PREFIX}{:016x}", fastrand::u64(..));
         let prepared = self
-            .build_version(&version, outputs, &digests, hook)
+            .build_version(&version, outputs, &kept, &digests, hook)
             .and_then(|records| {
                 self.link_names(&top)?;
                 hook(Step::Linked)?;
@@ -126,6 +169,10 @@ impl OutputRoot {
                     removed,
                     version: version.clone(),
                     records,
+                    kept: kept
+                        .iter()
+                        .map(|(p, r, _)| (p.clone(), r.clone()))
+                        .collect(),
                 };
                 before_flip(&publication)?;
                 Ok(publication)
@@ -162,10 +209,24 @@ impl OutputRoot {
         if let Err(e) = self.unlink_names_except(&top) {
             log::warn!("cannot remove the links of dropped names: {e:#}");
         }
-        if let Some((old, _)) = &current
-            && let Err(e) = remove_tree(root, old)
-        {
-            log::warn!("cannot remove the previous version {old}: {e:#}");
+        // The previous version goes, unless the new set keeps a file of it (or of one it kept):
+        // then only the kept files stay in it (a rotated value does not linger there).
+        let still = openat(root, version.as_str(), dir_flags(), Mode::empty())
+            .context("cannot open the new version")
+            .and_then(|fd| kept_links(fd.as_fd()));
+        match still {
+            Ok(still) => {
+                for old in &referenced {
+                    let result = match still.get(old) {
+                        Some(files) => prune_tree(root, old, "", files),
+                        None => remove_tree(root, old),
+                    };
+                    if let Err(e) = result {
+                        log::warn!("cannot remove the previous version {old}: {e:#}");
+                    }
+                }
+            }
+            Err(e) => log::warn!("cannot tell which files the new set keeps: {e:#}"),
         }
         if let Err(e) = fsync(root) {
             log::warn!("cannot fsync the output root: {e}");
@@ -225,6 +286,7 @@ impl OutputRoot {
         &self,
         version: &str,
         outputs: &[Output<'_>],
+        kept: &[(RelPath, FileRecord, String)],
         digests: &[String],
         hook: &mut dyn FnMut(Step) -> Result<()>,
     ) -> Result<Vec<FileRecord>> {
@@ -294,6 +356,30 @@ impl OutputRoot {
             });
             hook(Step::Wrote)?;
         }
+        for (path, _, target) in kept {
+            let (parents, name) = path.split();
+            let mut dir: Option<OwnedFd> = None;
+            let mut shown_dir = shown_root.clone();
+            for c in parents {
+                shown_dir.push(c);
+                let parent = dir.as_ref().map(|f| f.as_fd()).unwrap_or(vdir.as_fd());
+                let (fd, created) = open_dir(parent, c, &shown_dir, true)?;
+                if created {
+                    self.own_dir(fd.as_fd(), &shown_dir)?;
+                }
+                dir = Some(fd);
+            }
+            let parent = dir.as_ref().map(|f| f.as_fd()).unwrap_or(vdir.as_fd());
+            symlinkat(target.as_str(), parent, name).with_context(|| {
+                format!(
+                    "cannot keep {} in the new set",
+                    self.spec.path.join(path.to_string()).display()
+                )
+            })?;
+            if let Some(fd) = dir {
+                fsync(fd.as_fd()).context("cannot fsync an output directory")?;
+            }
+        }
         for fd in dirs.values() {
             fsync(fd.as_fd()).context("cannot fsync an output directory")?;
         }
@@ -362,6 +448,71 @@ impl OutputRoot {
     }
 }
 
+/// The link that keeps `path` of the published `version` in a new set: relative, from the new
+/// version's directory of `path` up to the root and down into the version that holds the file
+/// (the published one, or the one a kept link there already points to). `None` when the
+/// published set has no such regular file.
+fn kept_target(vdir: BorrowedFd<'_>, version: &str, path: &RelPath) -> Option<String> {
+    let (parents, name) = path.split();
+    let mut cur: Option<OwnedFd> = None;
+    for c in parents {
+        let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(vdir);
+        cur = Some(openat(parent, c.as_str(), dir_flags(), Mode::empty()).ok()?);
+    }
+    let dir = cur.as_ref().map(|f| f.as_fd()).unwrap_or(vdir);
+    let st = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+    match SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT {
+        SFlag::S_IFREG => Some(format!(
+            "{}{version}/{path}",
+            "../".repeat(parents.len() + 1)
+        )),
+        // Kept already: the same depth, so the same relative target.
+        SFlag::S_IFLNK => {
+            let t = readlinkat(dir, name).ok()?.to_string_lossy().into_owned();
+            kept_version_of(&t).is_some().then_some(t)
+        }
+        _ => None,
+    }
+}
+
+/// The version directory a kept link points into and the file's path in it
+/// (`../../..v-X/a/b` -> `(..v-X, a/b)`), if it is one.
+fn kept_version_of(target: &str) -> Option<(&str, &str)> {
+    let mut rest = target;
+    let mut ups = 0;
+    while let Some(r) = rest.strip_prefix("../") {
+        rest = r;
+        ups += 1;
+    }
+    let (version, path) = rest.split_once('/')?;
+    (ups >= 1 && version.starts_with(VERSION_PREFIX) && !path.is_empty()).then_some((version, path))
+}
+
+/// The files the kept links under `dir` (a version directory) point to, by the version that
+/// holds them.
+fn kept_links(dir: BorrowedFd<'_>) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for name in entries(dir)? {
+        if let Ok(t) = readlinkat(dir, name.as_str()) {
+            if let Some((v, p)) = kept_version_of(&t.to_string_lossy()) {
+                out.entry(v.to_string()).or_default().insert(p.to_string());
+            }
+            continue;
+        }
+        if let Ok(sub) = openat(dir, name.as_str(), dir_flags(), Mode::empty()) {
+            for (v, paths) in kept_links(sub.as_fd())? {
+                out.entry(v).or_default().extend(paths);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The versions the kept links under `dir` (a version directory) point into.
+fn kept_versions(dir: BorrowedFd<'_>) -> Result<BTreeSet<String>> {
+    Ok(kept_links(dir)?.into_keys().collect())
+}
+
 /// True when the published file is exactly what `record` says and the record matches the output:
 /// same digest, size, mode and owner, and the file still the same inode with the same ctime (so
 /// untouched since bootsecrets wrote it: a write, chmod, chown or link would have moved the
@@ -393,7 +544,14 @@ fn unchanged(
         }
     }
     let dir = cur.as_ref().map(|f| f.as_fd()).unwrap_or(vdir);
-    let Ok(st) = fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+    // A kept file is looked at through its link (into the version that holds it).
+    let kept = readlinkat(dir, name).is_ok_and(|t| kept_version_of(&t.to_string_lossy()).is_some());
+    let flags = if kept {
+        AtFlags::empty()
+    } else {
+        AtFlags::AT_SYMLINK_NOFOLLOW
+    };
+    let Ok(st) = fstatat(dir, name, flags) else {
         return false;
     };
     SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG
@@ -415,6 +573,60 @@ mod tests {
 
     fn publish(r: &OutputRoot, outputs: &[Output<'_>], known: Option<&KnownSet>) -> Publication {
         r.publish(outputs, known, &mut |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn a_kept_file_stays_as_it_was_until_a_value_replaces_it() {
+        use std::os::unix::fs::MetadataExt;
+        let root = scratch("keep");
+        let r = OutputRoot::open(&spec(&root)).unwrap();
+        let (a, b) = (RelPath::parse("a").unwrap(), RelPath::parse("d/b").unwrap());
+        let (one, two) = (Secret::new(b"one".to_vec()), Secret::new(b"two".to_vec()));
+        let first = [out(&a, &one, 0o400), out(&b, &one, 0o440)];
+        let p1 = publish(&r, &first, None);
+        let k1 = known(&p1, &first);
+        let b_inode = std::fs::metadata(root.join("d/b")).unwrap().ino();
+        // `b` has no new value: kept, through a link into the first version.
+        let second = [out(&a, &two, 0o400)];
+        let p2 = r
+            .publish_keeping(&second, &[&b], Some(&k1), &mut |_| Ok(()))
+            .unwrap();
+        assert!(p2.removed.is_empty(), "{:?}", p2.removed);
+        assert_eq!(p2.kept.len(), 1);
+        assert_eq!(p2.kept[0].1, k1.files["d/b"]);
+        assert_eq!(std::fs::read(root.join("d/b")).unwrap(), b"one");
+        assert_eq!(std::fs::read(root.join("a")).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(root.join("d/b")).unwrap().ino(), b_inode);
+        assert!(
+            root.join(&p1.version).is_dir(),
+            "the version holding `b` stays"
+        );
+        // Kept again by a third run: the link still leads to the first version.
+        let mut k2 = known(&p2, &second);
+        k2.files.insert("d/b".into(), p2.kept[0].1.clone());
+        let third = [out(&a, &one, 0o400)];
+        let p3 = r
+            .publish_keeping(&third, &[&b], Some(&k2), &mut |_| Ok(()))
+            .unwrap();
+        assert_eq!(std::fs::read(root.join("d/b")).unwrap(), b"one");
+        assert!(!root.join(&p2.version).exists() && root.join(&p1.version).is_dir());
+        // Its value is back: written, and the first version goes.
+        let mut k3 = known(&p3, &third);
+        k3.files.insert("d/b".into(), p3.kept[0].1.clone());
+        let fourth = [out(&a, &one, 0o400), out(&b, &two, 0o440)];
+        let p4 = publish(&r, &fourth, Some(&k3));
+        assert_eq!(std::fs::read(root.join("d/b")).unwrap(), b"two");
+        assert!(!root.join(&p1.version).exists() && !root.join(&p3.version).exists());
+        assert_eq!(p4.kept.len(), 0);
+        // A path the published set does not have is not kept.
+        let k4 = known(&p4, &fourth);
+        let c = RelPath::parse("c").unwrap();
+        let p5 = r
+            .publish_keeping(&fourth, &[&c], Some(&k4), &mut |_| Ok(()))
+            .unwrap();
+        assert!(p5.kept.is_empty() && !root.join("c").exists());
+        drop(r);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
@@ -601,6 +813,7 @@ mod tests {
                         out(&b, &new, 0o440),
                         out(&c, &new, 0o440),
                     ],
+                    &[],
                     None,
                     &mut |_| Ok(()),
                     &mut |s| {

@@ -84,7 +84,7 @@ def test_an_optional_secret_that_fails_is_a_warning(moto, imds, outdir, name, bo
     ])
     r = bootsecrets(m)
     assert r.code == 0, r
-    assert "warning: optional secret(s) `extra` not published: secret `extra`" in r.stderr, r
+    assert "warning: optional secret(s) `extra` not fetched: secret `extra`" in r.stderr, r
     assert "not found" in r.stderr, r
     assert {p: f.read_text() for p, f in published(outdir).items()} == {"a": "a-1"}
     st = status(outdir)
@@ -92,6 +92,71 @@ def test_an_optional_secret_that_fails_is_a_warning(moto, imds, outdir, name, bo
     [f] = st["run"]["failures"]
     assert f["secrets"] == ["extra"] and f["optional"] is True and f["class"] == "permanent", f
     assert "not found" in f["error"]
+
+
+def test_an_outage_never_takes_a_published_optional_secret_away(moto, imds, outdir, name,
+                                                                bootsecrets, fault_proxy):
+    """A refresh whose optional secret's backend keeps failing transiently keeps the value it
+    published before, as it is (kept twice over, through the binary under the unit's
+    restrictions), while the other secrets still rotate; the status says which file was kept and
+    when it was fetched. Once the backend answers again the new value is written; once it says
+    the secret is gone, the file goes."""
+    sm = seed(moto, name, a="a-1", x="x-1")
+    proxy = fault_proxy(moto.url)
+    m = aws_manifest(outdir, imds, moto, [
+        {"path": "a", "ref": f"{name}/a", "backend": "aws"},
+        {"path": "extra/x", "ref": f"{name}/x", "optional": True, "backend": "flaky",
+         "mode": "0440"},
+    ], settings="deadline_seconds = 4\nstartup_jitter_ms = 0") + (
+        f'\n[backend.flaky]\ntype = "aws"\nregion = "us-east-1"\nendpoint = "{proxy.url}"\n'
+        f'imds_endpoint = "{imds.url}"\n')
+    values = lambda: {p: f.read_text() for p, f in published(outdir).items()}  # noqa: E731
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert values() == {"a": "a-1", "extra/x": "x-1"}
+    first = {s["path"]: s for s in status(outdir)["secrets"]}["extra/x"]
+
+    proxy.inject(aws_error(503, "ServiceUnavailableException", "busy"))
+    sm.put_secret_value(SecretId=f"{name}/a", SecretString="a-2")
+    sm.put_secret_value(SecretId=f"{name}/x", SecretString="x-2")
+    for _ in range(2):
+        r = bootsecrets(m)
+        assert r.code == 0, r
+        assert "optional secret(s) `extra/x` not fetched" in r.stderr, r
+        assert "kept extra/x as published before" in r.stderr, r
+        assert values() == {"a": "a-2", "extra/x": "x-1"}, r
+        st = status(outdir)
+        assert st["run"]["kept"] == ["extra/x"] and st["run"]["removed"] == [], st["run"]
+        [f] = st["run"]["failures"]
+        assert f["secrets"] == ["extra/x"] and f["class"] == "deadline", f
+        kept = {s["path"]: s for s in st["secrets"]}["extra/x"]
+        assert kept["kept"] is True, kept
+        for k in ("sha256", "size", "mode", "uid", "gid", "fetched_at", "version"):
+            assert kept[k] == first[k], (k, kept, first)
+        assert (outdir / "extra/x").stat().st_mode & 0o7777 == 0o440
+    versions = [d for d in os.listdir(outdir) if d.startswith("..v-")]
+    data = os.readlink(outdir / "..data")
+    assert len(versions) == 2, "the published version and the one the kept file lives in"
+    [older] = [v for v in versions if v != data]
+    left = sorted(str(p.relative_to(outdir / older)) for p in (outdir / older).rglob("*"))
+    assert left == ["extra", "extra/x"], "only the kept file stays there: a-1 does not linger"
+
+    proxy.clear()
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert values() == {"a": "a-2", "extra/x": "x-2"}
+    st = status(outdir)
+    assert st["run"]["kept"] == [] and "kept" not in st["secrets"][1], st
+    assert len([d for d in os.listdir(outdir) if d.startswith("..v-")]) == 1
+
+    sm.delete_secret(SecretId=f"{name}/x", ForceDeleteWithoutRecovery=True)
+    r = bootsecrets(m)
+    assert r.code == 0, r
+    assert "removed extra/x: its optional secret could not be fetched" in r.stderr, r
+    assert values() == {"a": "a-2"}
+    st = status(outdir)
+    assert st["run"]["removed"] == ["extra/x"] and st["run"]["kept"] == [], st["run"]
+    assert st["run"]["failures"][0]["class"] == "permanent"
 
 
 def test_every_failing_secret_is_reported_and_nothing_is_published(moto, imds, outdir, name,

@@ -74,7 +74,7 @@ def test_an_optional_secrets_missing_credential_is_that_secrets_failure(
     assert r.code == 0, r
     assert (outdir / "ca.crt").read_bytes() == b"ca-pem"
     assert not (outdir / "extra").exists()
-    assert "optional secret(s) `extra` not published" in r.stderr and str(token) in r.stderr, r
+    assert "optional secret(s) `extra` not fetched" in r.stderr and str(token) in r.stderr, r
     [f] = status(outdir)["run"]["failures"]
     assert f["optional"] and f["secrets"] == ["extra"] and str(token) in f["error"], f
 
