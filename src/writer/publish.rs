@@ -428,8 +428,10 @@ impl OutputRoot {
                 Ok(t) if t.as_encoded_bytes() == target.as_bytes() => continue,
                 Ok(_) | Err(Errno::ENOENT) => {}
                 Err(Errno::EINVAL) => bail!(
-                    "{} exists and is not a link bootsecrets manages (a leftover of another \
-                     layout, or planted); remove it",
+                    "{} exists and bootsecrets did not write it: it neither replaces nor \
+                     removes another program's file (in /run/credstore, systemd-imds-import \
+                     writes the credentials it imports from the user data); give the secret \
+                     another path, or remove the file if it is a leftover of another layout",
                     shown.display()
                 ),
                 Err(e) => {
@@ -858,7 +860,7 @@ mod tests {
             })
             .unwrap_err();
         assert!(
-            format!("{err:#}").contains("not a link bootsecrets manages"),
+            format!("{err:#}").contains("exists and bootsecrets did not write it"),
             "{err:#}"
         );
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");

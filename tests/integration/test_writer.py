@@ -81,7 +81,7 @@ def test_entries_planted_under_the_root_are_never_followed(moto, imds, outdir, n
         sm.put_secret_value(SecretId=f"{name}/a", SecretString="rotated")
         r = bootsecrets(m)
         assert r.code == 1, r
-        assert "not a link bootsecrets manages" in r.stderr and "nothing was published" in r.stderr
+        assert "exists and bootsecrets did not write it" in r.stderr and "nothing was published" in r.stderr
         assert victim.read_text() == "untouched"
         assert os.readlink(outdir / "..data") == published
         assert (outdir / "a").read_text() == "aaa"
