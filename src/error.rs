@@ -128,6 +128,13 @@ fn find_in_chain<'a, T>(
 
 /// The outermost I/O error in the chain, so that connection refused, reset and timeouts buried
 /// inside SDK error types can be told apart from everything else.
+/// True when the chain of `err` holds what a `prohibit` route answers `connect()`: `EACCES`
+/// (connecting a TCP socket has no other cause for it). systemd 261+ locks the metadata
+/// service's address this way (see `identity::imdsd`).
+pub fn connect_prohibited(err: &(dyn std::error::Error + 'static)) -> bool {
+    find_io_error(err).is_some_and(|e| e.raw_os_error() == Some(nix::errno::Errno::EACCES as i32))
+}
+
 pub fn find_io_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
     find_in_chain(err, &mut |e| e.downcast_ref::<std::io::Error>())
 }

@@ -55,23 +55,48 @@ pub async fn metadata_get(
     header: (&str, &str),
     what: &str,
 ) -> Result<MetadataAnswer, FetchError> {
-    let resp = metadata_client(timeout)?
+    metadata_get_unless_locked(timeout, url, query, header, what)
+        .await?
+        .ok_or_else(|| {
+            FetchError::permanent(format!(
+                "{what}: the address is closed by a prohibit route (systemd-imdsd's \
+                 systemd.imds.network=locked, the default since systemd 261), and this request \
+                 cannot be made through systemd-imdsd; boot with systemd.imds.network=unlocked \
+                 (every process on the node may then reach the metadata service)"
+            ))
+        })
+}
+
+/// [`metadata_get`], or `None` when the connection was refused by a `prohibit` route (the
+/// metadata service locked by systemd-imdsd): the caller may ask the daemon instead.
+pub async fn metadata_get_unless_locked(
+    timeout: Duration,
+    url: &str,
+    query: &[(&str, &str)],
+    header: (&str, &str),
+    what: &str,
+) -> Result<Option<MetadataAnswer>, FetchError> {
+    let resp = match metadata_client(timeout)?
         .get(url)
         .query(query)
         .header(header.0, header.1)
         .send()
         .await
-        .map_err(|e| transport_error(&e, &format!("{what}: not reachable")))?;
+    {
+        Ok(r) => r,
+        Err(e) if crate::error::connect_prohibited(&e) => return Ok(None),
+        Err(e) => return Err(transport_error(&e, &format!("{what}: not reachable"))),
+    };
     let status = resp.status().as_u16();
     let retry_after = retry_after(resp.headers());
     let headers = resp.headers().clone();
     let body = read_body(resp, MAX_METADATA_BODY, what).await?;
-    Ok(MetadataAnswer {
+    Ok(Some(MetadataAnswer {
         status,
         retry_after,
         headers,
         body,
-    })
+    }))
 }
 
 /// Reads a response body into a zeroizing buffer, refusing more than `limit` bytes. The chunks

@@ -52,6 +52,24 @@ impl Secret {
         self.0.len()
     }
 
+    /// The zeroizing buffer itself, without copying it.
+    pub fn into_bytes(self) -> Zeroizing<Vec<u8>> {
+        let Secret(mut b) = self;
+        Zeroizing::new(std::mem::take(&mut *b))
+    }
+
+    /// The bytes as text, without copying them; `None` (the bytes zeroed) when not UTF-8.
+    pub fn into_text(self) -> Option<Zeroizing<String>> {
+        let Secret(mut b) = self;
+        match String::from_utf8(std::mem::take(&mut *b)) {
+            Ok(s) => Some(Zeroizing::new(s)),
+            Err(e) => {
+                drop(Zeroizing::new(e.into_bytes()));
+                None
+            }
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

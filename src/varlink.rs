@@ -1,11 +1,13 @@
 //! A Varlink client, as small as the protocol: JSON messages over a Unix stream socket, each
 //! ended by a NUL byte (<https://varlink.org>). systemd serves its user database
-//! (`io.systemd.UserDatabase`) this way; one call, one reply, bounded in time and size.
+//! (`io.systemd.UserDatabase`) and its instance metadata (`io.systemd.InstanceMetadata`) this
+//! way; one call, one reply, bounded in time and size.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
 
 /// The largest reply read: a user record is a few KiB.
 pub const MAX_REPLY: usize = 1 << 20;
@@ -36,6 +38,25 @@ pub fn call(
     parameters: serde_json::Value,
     timeout: Duration,
 ) -> Result<Reply, CallError> {
+    let reply = call_raw(socket, method, &parameters, timeout, MAX_REPLY)?;
+    parse_reply(&reply).ok_or_else(|| {
+        CallError::Failed(format!(
+            "Varlink call {method} at {}: the reply is not a Varlink message",
+            socket.display()
+        ))
+    })
+}
+
+/// [`call`], returning the reply message as it came (without its NUL), at most `max` bytes, in
+/// a buffer sized before it is filled and zeroed on drop: for replies that carry a credential
+/// (the read buffer is zeroed too).
+pub fn call_raw(
+    socket: &Path,
+    method: &str,
+    parameters: &serde_json::Value,
+    timeout: Duration,
+    max: usize,
+) -> Result<Zeroizing<Vec<u8>>, CallError> {
     let shown = socket.display().to_string();
     let failed = |what: &str, e: std::io::Error| {
         CallError::Failed(format!(
@@ -78,13 +99,13 @@ pub fn call(
     stream
         .write_all(&msg)
         .map_err(|e| failed("cannot send", e))?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut reply = Zeroizing::new(Vec::with_capacity(max));
+    let mut buf = Zeroizing::new([0u8; 4096]);
     loop {
         stream
             .set_read_timeout(Some(left()?))
             .map_err(|e| failed("cannot set a timeout", e))?;
-        let n = match stream.read(&mut buf) {
+        let n = match stream.read(&mut buf[..]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e)
@@ -103,22 +124,20 @@ pub fn call(
                 "Varlink call {method} at {shown}: the service closed the connection without a reply"
             )));
         }
-        if let Some(i) = buf[..n].iter().position(|&b| b == 0) {
-            reply.extend_from_slice(&buf[..i]);
-            break;
-        }
-        reply.extend_from_slice(&buf[..n]);
-        if reply.len() > MAX_REPLY {
+        let (chunk, done) = match buf[..n].iter().position(|&b| b == 0) {
+            Some(i) => (&buf[..i], true),
+            None => (&buf[..n], false),
+        };
+        if reply.len() + chunk.len() > max {
             return Err(CallError::Failed(format!(
-                "Varlink call {method} at {shown}: the reply is larger than {MAX_REPLY} bytes"
+                "Varlink call {method} at {shown}: the reply is larger than {max} bytes"
             )));
         }
+        reply.extend_from_slice(chunk);
+        if done {
+            return Ok(reply);
+        }
     }
-    parse_reply(&reply).ok_or_else(|| {
-        CallError::Failed(format!(
-            "Varlink call {method} at {shown}: the reply is not a Varlink message"
-        ))
-    })
 }
 
 /// A reply message: `{"parameters": {...}}` or `{"error": "NAME", "parameters": {...}}`.

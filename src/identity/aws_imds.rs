@@ -7,6 +7,7 @@
 //! structure here and described in bootsecrets' own words.
 
 use crate::error::{FetchError, describe_io, find_io_error};
+use crate::identity::imdsd;
 use crate::secret::SecretString;
 use aws_config::imds::client::Client;
 use aws_config::imds::client::error::{ImdsError, TokenError};
@@ -63,12 +64,15 @@ struct CredentialsDocument {
 
 pub struct InstanceIdentity {
     settings: ImdsSettings,
+    /// The route to the metadata service was found locked (systemd-imdsd): ask the daemon.
+    locked: std::sync::atomic::AtomicBool,
 }
 
 impl InstanceIdentity {
     pub fn new(settings: &ImdsSettings) -> Result<Self, FetchError> {
         let me = InstanceIdentity {
             settings: settings.clone(),
+            locked: std::sync::atomic::AtomicBool::new(false),
         };
         me.client()?; // validate the endpoint now
         Ok(me)
@@ -96,11 +100,30 @@ impl InstanceIdentity {
         path: &str,
         what: &str,
     ) -> Result<Zeroizing<String>, FetchError> {
-        client
-            .get(path)
-            .await
-            .map(|s| Zeroizing::new(String::from(s)))
-            .map_err(|e| classify(&e, &self.settings.endpoint, what))
+        use std::sync::atomic::Ordering::Relaxed;
+        let endpoint = &self.settings.endpoint;
+        if !self.locked.load(Relaxed) {
+            match client.get(path).await {
+                Ok(s) => return Ok(Zeroizing::new(String::from(s))),
+                Err(e) if imdsd::prohibited(&e) && imdsd::serves(endpoint) => {
+                    log::info!(
+                        "IMDS at {endpoint}: the route is locked (systemd-imdsd); asking systemd-imdsd at {}",
+                        imdsd::SOCKET
+                    );
+                    self.locked.store(true, Relaxed);
+                }
+                Err(e) if imdsd::prohibited(&e) => {
+                    return Err(imdsd::locked_elsewhere(endpoint, what));
+                }
+                Err(e) => return Err(classify(&e, endpoint, what)),
+            }
+        }
+        // systemd-imdsd's data URL for AWS is `http://169.254.169.254/latest`.
+        let key = path.strip_prefix("/latest").unwrap_or(path);
+        imdsd::get(&imdsd::socket(), key, self.settings.timeout, endpoint, what)
+            .await?
+            .into_text()
+            .ok_or_else(|| FetchError::permanent(format!("IMDS at {endpoint}: {what} is not text")))
     }
 
     /// The instance role's current credentials (one attempt; the caller retries).

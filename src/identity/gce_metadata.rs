@@ -8,6 +8,7 @@
 //! proxy or captive portal answering in its place does not. Requests never go through a proxy.
 
 use crate::error::FetchError;
+use crate::identity::imdsd;
 use crate::secret::SecretString;
 use serde::Deserialize;
 use std::fmt;
@@ -84,7 +85,7 @@ impl GceMetadataSettings {
         query: &[(&str, &str)],
         what: &str,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, FetchError> {
-        let answer = crate::http::metadata_get(
+        let answer = crate::http::metadata_get_unless_locked(
             self.timeout,
             &format!("{}{ROOT}{path}", self.endpoint),
             query,
@@ -92,6 +93,24 @@ impl GceMetadataSettings {
             what,
         )
         .await?;
+        let Some(answer) = answer else {
+            // The route is locked: systemd-imdsd's data URL for GCE is `.../computeMetadata/v1`.
+            if !imdsd::serves(&self.endpoint) {
+                return Err(imdsd::locked_elsewhere(&self.endpoint, what));
+            }
+            let mut key = path.to_string();
+            if !query.is_empty() {
+                key.push('?');
+                key.push_str(
+                    &url::form_urlencoded::Serializer::new(String::new())
+                        .extend_pairs(query)
+                        .finish(),
+                );
+            }
+            return imdsd::get(&imdsd::socket(), &key, self.timeout, &self.endpoint, what)
+                .await
+                .map(|s| s.into_bytes());
+        };
         let flavor_ok = answer
             .headers
             .get("metadata-flavor")

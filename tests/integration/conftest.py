@@ -220,7 +220,7 @@ def bootsecrets(tmp_path, request):
     assert BIN.exists(), f"{BIN} is missing: build it first (cargo build)"
 
     def run(manifest: str, *args: str, command: str = "run", timeout: float = 120, env=None,
-            as_full_root=False, rw=(), binds=(), overlays=(), binary=None):
+            as_full_root=False, rw=(), binds=(), overlays=(), binary=None, netns=None):
         if as_full_root:
             assert "full_root" in request.node.name, (
                 "only tests named ..._as_full_root may run the binary outside the unit's "
@@ -231,6 +231,8 @@ def bootsecrets(tmp_path, request):
         argv = [str(binary or BIN), command, "--manifest", str(mpath), *args]
         if not as_full_root:
             argv = node_argv(argv, rw=rw, binds=binds, overlays=overlays)
+        if netns is not None:  # the node's own network (support.netns.NetNs)
+            argv = ["nsenter", f"--net=/run/netns/{netns.name}", "--", *argv]
         start = time.monotonic()
         proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=timeout)
         return Result(proc, time.monotonic() - start)

@@ -57,6 +57,12 @@ class NetNs:
             _ip("-n", self.name, "addr", "add", f"{a}/32", "dev", "lo")
         return self
 
+    def lock_metadata(self) -> "NetNs":
+        """What systemd-imdsd's `systemd.imds.network=locked` installs: a prohibit route to the
+        metadata address, so a `connect()` there fails at once with EACCES."""
+        _ip("-n", self.name, "route", "add", "prohibit", f"{METADATA_IP}/32")
+        return self
+
     def close(self) -> None:
         if self.created:
             subprocess.run(["ip", "netns", "delete", self.name], capture_output=True)

@@ -1,6 +1,10 @@
 """A TCP proxy that makes a server come up late: for `down_for` seconds after the first
 connection it accepts and immediately closes connections (what a client sees from a backend that
-is not up yet behind a NAT or load balancer), then forwards bytes both ways."""
+is not up yet behind a NAT or load balancer), then forwards bytes both ways. With `netns` (a
+support.netns.NetNs) it listens in that network namespace and forwards from the host's: a relay
+that lets a binary run in the namespace reach a server on the host's loopback."""
+
+from contextlib import nullcontext
 
 import socket
 import threading
@@ -10,7 +14,9 @@ from .net import free_port
 
 
 class LateProxy:
-    def __init__(self, target_port: int, down_for: float, host: str = "127.0.0.1", port: int | None = None):
+    def __init__(self, target_port: int, down_for: float, host: str = "127.0.0.1", port: int | None = None,
+                 netns=None):
+        self.netns = netns
         self.target = ("127.0.0.1", target_port)
         self.down_for = down_for
         self.host = host
@@ -22,10 +28,11 @@ class LateProxy:
         self._sock = None
 
     def start(self) -> "LateProxy":
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((self.host, self.port))
-        self._sock.listen(64)
+        with self.netns.inside() if self.netns else nullcontext():
+            self._sock = socket.socket()
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind((self.host, self.port))
+            self._sock.listen(64)
         self._sock.settimeout(0.2)
         threading.Thread(target=self._accept, daemon=True).start()
         return self
