@@ -217,6 +217,7 @@ pub async fn run(manifest: &Path, places: &Places, opts: Options) -> Report {
     };
     if let Some(plan) = &plan {
         platform_check(&mut report, plan, places);
+        metadata_route(&mut report, plan, places);
         backends_and_secrets(&mut report, plan, opts).await;
         output_root(&mut report, plan);
         last_run(&mut report, plan);
@@ -260,6 +261,70 @@ fn platform_check(report: &mut Report, plan: &Plan, places: &Places) {
             ),
             "a manifest made for another cloud: check the platform, or the backend types",
         );
+    }
+}
+
+/// The route to the metadata service: open, or locked by systemd-imdsd (systemd 261+), and
+/// then whether the daemon answers and for which vendor. Only when a backend's identity comes
+/// from the metadata service.
+fn metadata_route(report: &mut Report, plan: &Plan, places: &Places) {
+    use crate::identity::imdsd::{self, Route};
+    let clouds: Vec<(String, platform::Cloud)> = plan
+        .used_backends()
+        .filter_map(|(name, cfg)| cloud_of(cfg).map(|c| (name.clone(), c)))
+        .collect();
+    if clouds.is_empty() {
+        return;
+    }
+    let setting = platform::kernel_setting(&places.cmdline, "systemd.imds.network")
+        .map(|v| format!("systemd.imds.network={v} on the kernel command line"))
+        .unwrap_or_else(|| "no systemd.imds.network= on the kernel command line".into());
+    match imdsd::probe_route(Duration::from_secs(1)) {
+        Route::Open(how) => report.add(
+            "metadata route",
+            Verdict::Ok,
+            format!("{} is reachable: {how} ({setting})", imdsd::METADATA_IPV4),
+        ),
+        Route::Locked => {
+            let socket = imdsd::socket();
+            match imdsd::vendor(&socket, Duration::from_secs(5)) {
+                Ok(vendor) => {
+                    let vendor = vendor.unwrap_or_else(|| "no vendor".into());
+                    let azure: Vec<&str> = clouds
+                        .iter()
+                        .filter(|(_, c)| *c == platform::Cloud::Azure)
+                        .map(|(n, _)| n.as_str())
+                        .collect();
+                    let detail = format!(
+                        "{} is locked by a prohibit route ({setting}); systemd-imdsd answers at {} (vendor {vendor}), and bootsecrets asks it for the AWS and GCE identities",
+                        imdsd::METADATA_IPV4,
+                        socket.display()
+                    );
+                    if azure.is_empty() {
+                        report.add("metadata route", Verdict::Ok, detail);
+                    } else {
+                        report.add_hint(
+                            "metadata route",
+                            Verdict::Fail,
+                            format!(
+                                "{detail}; backend(s) {} need Azure's managed-identity token, which systemd-imdsd cannot fetch",
+                                azure.join(", ")
+                            ),
+                            "boot with systemd.imds.network=unlocked (every process on the node may then reach the metadata service)",
+                        );
+                    }
+                }
+                Err(why) => report.add_hint(
+                    "metadata route",
+                    Verdict::Fail,
+                    format!(
+                        "{} is locked by a prohibit route ({setting}), and systemd-imdsd cannot be asked: {why}",
+                        imdsd::METADATA_IPV4
+                    ),
+                    "enable systemd-imdsd.socket (bootsecrets then asks it), or boot with systemd.imds.network=unlocked",
+                ),
+            }
+        }
     }
 }
 

@@ -38,6 +38,20 @@ fn read_trimmed(p: &Path) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// The value of `key=` on the kernel command line at `cmdline` (the last one wins), if set.
+pub fn kernel_setting(cmdline: &Path, key: &str) -> Option<String> {
+    read_trimmed(cmdline)?
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .rfind(|(k, _)| *k == key)
+        .map(|(_, v)| {
+            v.chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(40)
+                .collect()
+        })
+}
+
 /// The platform from the kernel command line at `cmdline` and the DMI directory `dmi`
 /// (`/proc/cmdline`, `/sys/class/dmi/id` on a node).
 pub fn detect(cmdline: &Path, dmi: &Path) -> Platform {
