@@ -118,7 +118,10 @@ impl Report {
 /// A hint for an identity failure, from bootsecrets' own words in its message.
 fn identity_hint(message: &str) -> &'static str {
     let has = |s: &str| message.contains(s);
-    if has("IMDS") && (has("no answer to the token request") || has("timed out")) {
+    if has("prohibit route") {
+        "the metadata service is locked to systemd-imdsd (see \"metadata route\" above): enable \
+         systemd-imdsd.socket, or boot with systemd.imds.network=unlocked"
+    } else if has("IMDS") && (has("no answer to the token request") || has("timed out")) {
         "IMDSv2 token requests get no answer: in a container (or anything behind one more network \
          hop) the instance's metadata hop limit (HttpPutResponseHopLimit) must be 2 or more; on \
          the host, check that the instance metadata endpoint is enabled (HttpEndpoint=enabled)"

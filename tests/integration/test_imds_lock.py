@@ -184,6 +184,9 @@ def test_doctor_reports_the_lock_the_daemon_and_its_vendor(moto, imds, outdir, n
         "line)" in f["detail"] and "systemd-imdsd cannot be asked" in f["detail"], f
     assert "systemd-imdsd.socket" in f["hint"], f
     assert r.code != 0, r
+    ident = [c for c in json.loads(r.stdout)["checks"] if c["check"] == "identity `aws`"][0]
+    assert ident["status"] == "fail" and "prohibit route" in ident["detail"], ident
+    assert "systemd-imdsd.socket" in ident["hint"] and "instance profile" not in ident["hint"], ident
 
     daemon = ImdsdDouble(run_systemd, imds.url, vendor="amazon-ec2").start()
     try:

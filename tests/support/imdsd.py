@@ -100,10 +100,10 @@ class ImdsdDouble:
         return {"parameters": {"data": base64.b64encode(body).decode(), "interface": 2}}
 
     # -- the socket
-    def _serve(self):
+    def _serve(self, sock):
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
@@ -129,7 +129,7 @@ class ImdsdDouble:
         self.sock.bind(str(self.path))
         os.chmod(self.path, 0o666)
         self.sock.listen(16)
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=self._serve, args=(self.sock,), daemon=True).start()
         return self
 
     def stop(self):
