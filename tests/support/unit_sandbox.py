@@ -35,6 +35,9 @@ NOT_APPLIED = {
     "Before": "ordering", "RequiredBy": "ordering", "Type": "no restriction",
     "RemainAfterExit": "no restriction", "ExecStart": "the test names the command",
     "TimeoutStartSec": "checked by `check`'s warning and the boot test",
+    # What systemd does after a run: the boot test (an outage past the deadline, a permanent failure).
+    "Restart": "boot test", "RestartPreventExitStatus": "boot test", "RestartSec": "boot test",
+    "RestartMode": "boot test", "RestartSteps": "boot test", "RestartMaxDelaySec": "boot test",
     "Environment": "tests pass their own environment", "StandardOutput": "captured by the test",
     "StandardError": "captured by the test", "SyslogIdentifier": "no journal here",
     # The output roots systemd creates on /run (not a tmpfs on this machine); tests use /dev/shm.
