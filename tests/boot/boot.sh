@@ -28,6 +28,10 @@
 #                        connection at startup (server must already listen) and it
 #                        serves exactly one guest connection: fine for a single
 #                        Ignition GET, useless for anything that connects twice.
+#   GUEST_NET=a.b.c.0/24 the guest's network instead of slirp's 10.0.2.0/24 (e.g. 169.254.169.0/24,
+#                        so that a guestfwd can put a metadata double at 169.254.169.254, the
+#                        real address, and the guest's own routes decide what reaches it)
+#   SMBIOS="type=0,vendor=Amazon EC2"  one -smbios option: how hwdb tells a cloud (IMDS_VENDOR)
 #   QEMU_MEM (2048) QEMU_SMP (2) EXTRA_APPEND ("")
 # Exit: 0 qemu exited by itself (guest powered off); 3 emergency/panic seen on the
 # console (qemu killed early); 124 timeout; other: qemu's own failure.
@@ -69,6 +73,9 @@ fi
 # --- restricted user network with one guestfwd per host service ---------------
 RELAY=$(cd "$(dirname "$0")" && pwd)/guestfwd-relay.py
 NETDEV="user,id=n0,restrict=on,ipv6=off"
+[ -n "${GUEST_NET:-}" ] && NETDEV+=",net=$GUEST_NET"
+SMBIOS_ARGS=()
+[ -n "${SMBIOS:-}" ] && SMBIOS_ARGS=(-smbios "$SMBIOS")
 i=0
 for hp in "$@"; do
   if [[ "$hp" == *=* ]]; then gside=${hp%%=*}; hport=${hp##*=}; else gside="10.0.2.$((100+i)):80"; hport=$hp; fi
@@ -96,7 +103,7 @@ APPEND+=" ${EXTRA_APPEND:-}"
 QEMU=(qemu-system-x86_64 -accel tcg -cpu max -smp "${QEMU_SMP:-2}" -m "${QEMU_MEM:-2048}"
   -no-reboot -nographic -display none -monitor none -nodefaults
   -kernel "$IMAGE_DIR/vmlinuz" -initrd "$IMAGE_DIR/initrd.img" -append "$APPEND"
-  "${FWCFG[@]}"
+  "${FWCFG[@]}" "${SMBIOS_ARGS[@]}"
   -drive "file=$OVERLAY,if=virtio,format=qcow2"
   -netdev "$NETDEV" -device virtio-net-pci,netdev=n0
   -object rng-random,filename=/dev/urandom,id=rng0 -device virtio-rng-pci,rng=rng0

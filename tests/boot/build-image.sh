@@ -14,6 +14,15 @@ IMG_SIZE=${IMG_SIZE:-2G}
 # systemd-resolved is NOT needed: networkd does DHCP without it (it only logs that
 # it cannot hand DNS to resolved). The guest has no DNS anyway (restrict=on).
 PACKAGES=${PACKAGES:-systemd-sysv,udev,dbus,linux-image-amd64,dracut,dracut-network,ignition,curl,procps,policycoreutils,iproute2}
+APTOPTS=()
+case "$SUITE" in
+  sid|unstable)
+    # systemd 261+ ships the metadata daemon (systemd-imdsd, its lock and systemd-imds-import)
+    # as its own package.
+    PACKAGES+=",systemd-imds"
+    # The registry's sid snapshot is older than its Release file's Valid-Until.
+    APTOPTS=(--aptopt='Acquire::Check-Valid-Until "false"') ;;
+esac
 # Enabled in the image (noisy units are disabled, never masked: presets may enable later).
 NOISY_UNITS="systemd-network-generator.service systemd-pstore.service apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service fstrim.timer getty@tty1.service"
 
@@ -31,7 +40,7 @@ t=$(date +%s)
 rm -rf "$ROOTFS"
 # setup hook: dracut config must exist before linux-image-amd64 triggers dracut.
 # customize hook: selinux workaround, machine-id, networkd, disabled noisy units.
-mmdebstrap --variant=minbase --mode=root --format=directory \
+mmdebstrap --variant=minbase --mode=root --format=directory "${APTOPTS[@]}" \
   --include="$PACKAGES" \
   --setup-hook='mkdir -p "$1/etc/dracut.conf.d" && cat > "$1/etc/dracut.conf.d/90-ignition.conf" <<EOF
 hostonly="no"

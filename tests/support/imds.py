@@ -13,10 +13,12 @@ What it enforces, as EC2's Instance Metadata Service does:
   `/latest/meta-data/instance-id`, `.../instance-type`, `.../ami-id`, `.../local-ipv4` (text),
   `/latest/meta-data/placement/` and `/latest/meta-data/` (directory listings). As on EC2, a leaf
   asked for with a trailing slash answers the same (botocore asks for
-  `placement/availability-zone/` to learn the region).
+  `placement/availability-zone/` to learn the region);
+* `/latest/meta-data/hostname` and `/latest/user-data`, only when given (`hostname=`,
+  `user_data=`; what systemd-imds-import reads on a node).
 
 What it leaves out: every other metadata category (network interfaces, block devices, tags,
-user data, spot and events), IMDSv1 together with IMDSv2 (it is one or the other: `v1_only`),
+spot and events), IMDSv1 together with IMDSv2 (it is one or the other: `v1_only`),
 the hop limit (it cannot see TTLs), `instance-identity/signature` and `/pkcs7`, and
 credential rotation (each GET of the role mints fresh credentials).
 
@@ -59,7 +61,8 @@ INSTANCE_ID = "i-0123456789abcdef0"
 class ImdsDouble:
     def __init__(self, sts, role="node", region="us-east-1", v1_only=False,
                  listen_after=0.0, corrupt_secret_key=False, host="127.0.0.1", port=None,
-                 hang_token_puts=0, fail_creds_times=0, fail_creds_status=500, netns=None):
+                 hang_token_puts=0, fail_creds_times=0, fail_creds_status=500, netns=None,
+                 hostname=None, user_data=None):
         self.sts = sts  # whose sts:AssumeRole mints the role's credentials (moto or LocalStack)
         self.netns = netns
         self.role = role
@@ -70,6 +73,8 @@ class ImdsDouble:
         self.hang_token_puts = hang_token_puts
         self.fail_creds_times = fail_creds_times
         self.fail_creds_status = fail_creds_status
+        self.hostname = hostname  # served at meta-data/hostname when set
+        self.user_data = user_data  # served at /latest/user-data when set (EC2: 404 when none)
         self.hung = 0
         self.failed_creds = 0
         self.host = host
@@ -184,6 +189,8 @@ class ImdsDouble:
                    "instanceId": INSTANCE_ID, "instanceType": "m6i.large",
                    "privateIp": "10.0.0.10", "region": self.region, "version": "2017-09-30"}
             return self._reply(h, 200, json.dumps(doc, indent=2))
+        if path == "/latest/user-data" and self.user_data is not None:
+            return self._reply(h, 200, self.user_data)
         meta = self._metadata()
         if path in meta:
             return self._reply(h, 200, meta[path])
@@ -206,6 +213,9 @@ class ImdsDouble:
         meta = {META + k: v for k, v in leaves.items()}
         meta[META + "placement/"] = "availability-zone\navailability-zone-id\nregion"
         top = ["ami-id", "instance-id", "instance-type", "local-ipv4", "placement/"]
+        if self.hostname is not None:
+            meta[META + "hostname"] = self.hostname
+            top.append("hostname")
         if self.role is not None:
             top.append("iam/")
             meta[META + "iam/"] = "security-credentials/"
