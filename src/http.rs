@@ -59,8 +59,8 @@ pub async fn metadata_get(
         .await?
         .ok_or_else(|| {
             FetchError::permanent(format!(
-                "{what}: the address is closed by a prohibit route (systemd-imdsd's \
-                 systemd.imds.network=locked, the default since systemd 261), and this request \
+                "{what}: the address is closed by a prohibit route (systemd-imdsd's lock, \
+                 systemd.imds.network=locked, systemd 261+), and this request \
                  cannot be made through systemd-imdsd; boot with systemd.imds.network=unlocked \
                  (every process on the node may then reach the metadata service)"
             ))

@@ -1,7 +1,7 @@
 //! The way through a locked metadata service: systemd-imdsd (systemd 261+).
 //!
-//! On a cloud machine systemd 261+ installs, by default (`systemd.imds.network=locked`), a
-//! `prohibit` route to 169.254.169.254: a `connect()` there fails at once with `EACCES`, for root
+//! On a cloud machine booted with `systemd.imds.network=locked` (systemd 261+; the default is
+//! `unlocked`), systemd installs a `prohibit` route to 169.254.169.254: a `connect()` there fails at once with `EACCES`, for root
 //! too, unless the socket carries systemd's firewall mark (`SO_MARK`, which needs
 //! `CAP_NET_ADMIN`). `systemd-imdsd` reaches the service itself and serves its data over Varlink
 //! (`io.systemd.InstanceMetadata.Get` at [`SOCKET`]): a `key` appended to the vendor's data URL
@@ -93,8 +93,8 @@ pub fn socket() -> PathBuf {
 /// What a run says when the route is locked and systemd-imdsd is not there to ask.
 pub fn locked_without_daemon(endpoint: &str, what: &str) -> FetchError {
     FetchError::permanent(format!(
-        "cannot fetch {what}: {endpoint} is closed by a prohibit route (systemd-imdsd's \
-         systemd.imds.network=locked, the default since systemd 261), and systemd-imdsd does not \
+        "cannot fetch {what}: {endpoint} is closed by a prohibit route (systemd-imdsd's lock, \
+         systemd.imds.network=locked, systemd 261+), and systemd-imdsd does not \
          answer at {SOCKET}: enable systemd-imdsd.socket (bootsecrets then asks it), or boot \
          with systemd.imds.network=unlocked (every process on the node may then reach the \
          metadata service)"

@@ -1,5 +1,5 @@
-"""A node whose metadata service systemd-imdsd has locked (systemd 261+, `systemd.imds.network=locked`,
-the default): a prohibit route to 169.254.169.254, so only systemd-imdsd reaches it, and others
+"""A node whose metadata service systemd-imdsd has locked (systemd 261+, booted with
+`systemd.imds.network=locked`; the default is `unlocked`): a prohibit route to 169.254.169.254, so only systemd-imdsd reaches it, and others
 ask it over Varlink (`io.systemd.InstanceMetadata.Get`).
 
 Each test runs the binary, under the unit's restrictions, in a network namespace that has that
