@@ -26,15 +26,57 @@ pub fn shared_header<T: AsRef<[u8]> + Send + 'static>(
 pub const MAX_METADATA_BODY: usize = 256 * 1024;
 
 /// A client for a link-local metadata server: no proxy (environment variables are ignored), no
-/// redirects, `timeout` for the whole request and at most 2 s to connect.
+/// redirects, `timeout` for the whole request and at most 2 s to connect. Metadata servers speak
+/// plain HTTP, so it trusts no CA at all (`tls_certs_only` with none): without that, reqwest's
+/// rustls loads the system's CA certificates to build any client, and on a node that has none
+/// the identity would fail before a byte was sent.
 pub fn metadata_client(timeout: Duration) -> Result<reqwest::Client, FetchError> {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(timeout.min(Duration::from_secs(2)))
         .timeout(timeout)
+        .tls_certs_only(std::iter::empty::<reqwest::Certificate>())
         .build()
-        .map_err(|_| FetchError::permanent("cannot set up the HTTP client"))
+        .map_err(|e| client_setup_error("the metadata server's HTTP client", None, &e))
+}
+
+/// Whether building an HTTPS client failed because the system has no CA certificates
+/// (rustls-platform-verifier, which reqwest's rustls verifies servers with, loads them at build
+/// time and refuses an empty store).
+pub fn lacks_system_roots(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err
+            .to_string()
+            .contains("No CA certificates were loaded from the system")
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The failure to set up `what` (an HTTP client), with the cause a person can act on when it is
+/// a system without CA certificates; `ca_key` is the manifest key that names a CA instead, if
+/// the backend has one. Nothing else of the error is repeated (it can quote configuration).
+pub fn client_setup_error(
+    what: &str,
+    ca_key: Option<&str>,
+    e: &(dyn std::error::Error + 'static),
+) -> FetchError {
+    if !lacks_system_roots(e) {
+        return FetchError::permanent(format!("cannot set up {what}"));
+    }
+    let or_key = ca_key
+        .map(|k| format!(", or name the server's CA with `{k}`"))
+        .unwrap_or_default();
+    FetchError::permanent(format!(
+        "cannot set up {what}: this system has no CA certificates (none in /etc/ssl/certs, \
+         SSL_CERT_FILE or SSL_CERT_DIR), which verifying the server needs: install the \
+         distribution's CA certificates{or_key}"
+    ))
 }
 
 /// A metadata server's answer: status, `Retry-After`, headers and the body (zeroizing).

@@ -376,8 +376,9 @@ fn http_client(cfg: &AzureConfig) -> Result<reqwest::Client, FetchError> {
     if let Some(ip) = cfg.vault_address {
         b = b.resolve(&cfg.vault_host, SocketAddr::new(ip, 0));
     }
-    b.build()
-        .map_err(|_| FetchError::permanent("cannot set up the HTTPS client for Key Vault"))
+    b.build().map_err(|e| {
+        crate::http::client_setup_error("the HTTPS client for Key Vault", Some("ca_bundle"), &e)
+    })
 }
 
 impl AzureBackend {

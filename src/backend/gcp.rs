@@ -380,11 +380,12 @@ impl GcpBackend {
             .with_attempt_timeout(cfg.timeout)
             .build()
             .await
-            .map_err(|_| {
-                RetryError::Permanent(FetchError::permanent(format!(
-                    "cannot set up the Secret Manager client for {}",
-                    cfg.endpoint
-                )))
+            .map_err(|e| {
+                RetryError::Permanent(crate::http::client_setup_error(
+                    &format!("the Secret Manager client for {}", cfg.endpoint),
+                    None,
+                    &e,
+                ))
             })?;
         // Best effort, for messages only: the metadata server just answered.
         let account = match cfg.metadata.email().await {

@@ -98,6 +98,7 @@ impl GceMetadataSettings {
             if !imdsd::serves(&self.endpoint) {
                 return Err(imdsd::locked_elsewhere(&self.endpoint, what));
             }
+            imdsd::note_asking(&self.endpoint);
             let mut key = path.to_string();
             if !query.is_empty() {
                 key.push('?');

@@ -90,6 +90,20 @@ pub fn socket() -> PathBuf {
     PathBuf::from(SOCKET)
 }
 
+/// Says once per run (at info, so it is in the journal at the default verbosity) that the
+/// metadata service at `endpoint` is locked and systemd-imdsd is asked instead: what a person
+/// debugging the node wants to know first.
+pub fn note_asking(endpoint: &str) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        log::info!(
+            "metadata server at {endpoint}: the route is locked (systemd-imdsd); asking systemd-imdsd at {}",
+            socket().display()
+        );
+    }
+}
+
 /// What a run says when the route is locked and systemd-imdsd is not there to ask.
 pub fn locked_without_daemon(endpoint: &str, what: &str) -> FetchError {
     FetchError::permanent(format!(

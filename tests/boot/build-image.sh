@@ -13,7 +13,8 @@ MIRROR=${MIRROR:-http://deb.debian.org/debian}
 IMG_SIZE=${IMG_SIZE:-2G}
 # systemd-resolved is NOT needed: networkd does DHCP without it (it only logs that
 # it cannot hand DNS to resolved). The guest has no DNS anyway (restrict=on).
-PACKAGES=${PACKAGES:-systemd-sysv,udev,dbus,linux-image-amd64,dracut,dracut-network,ignition,curl,procps,policycoreutils,iproute2}
+# ca-certificates: node images ship the CA roots (HTTPS backends verify servers with them).
+PACKAGES=${PACKAGES:-systemd-sysv,udev,dbus,linux-image-amd64,dracut,dracut-network,ignition,curl,procps,policycoreutils,iproute2,ca-certificates}
 APTOPTS=()
 case "$SUITE" in
   sid|unstable)

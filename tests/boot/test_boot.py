@@ -31,15 +31,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+from support.gce import GceMetadataDouble, SecretManagerDouble  # noqa: E402
 from support.imds import ImdsDouble  # noqa: E402
 from support.moto import Moto  # noqa: E402
 from support.proxy import LateProxy  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from images import SYSTEMD, build_image  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
-# Two images: Debian bookworm (systemd 252, the oldest a fleet still runs) and Debian sid (systemd
-# 262, with systemd-imds: what current and coming node images run).
-IMAGES = {"bookworm": Path(os.environ.get("BOOTSECRETS_BOOT_IMAGE", ROOT / "target" / "boot-image")),
-          "sid": Path(os.environ.get("BOOTSECRETS_BOOT_IMAGE_SID", ROOT / "target" / "boot-image-sid"))}
 STATIC_BIN = Path(os.environ.get("BOOTSECRETS_STATIC_BIN",
                                  ROOT / "target" / "x86_64-unknown-linux-gnu" / "release" / "bootsecrets"))
 HOST_BIN = Path(os.environ.get("BOOTSECRETS_BIN", ROOT / "target" / "debug" / "bootsecrets"))
@@ -69,18 +69,11 @@ LNET = Net("169.254.169.100", "169.254.169.101", None)
 # image without it: 85-imds-early.network then has no prohibit route), and systemd.imds.import=
 # to false outside the initrd (this image's initrd has no systemd-imds): both are asked for.
 LOCK_APPEND = "systemd.imds.network=locked systemd.imds.import=1"
-SYSTEMD = {"bookworm": 252, "sid": 262}
-
-
-def build_image(suite):
-    """Built once per checkout of build-image.sh and suite (a fresh clone always builds both)."""
-    image = IMAGES[suite]
-    want = hashlib.sha256((HERE / "build-image.sh").read_bytes() + suite.encode()).hexdigest()
-    stamp = image / "build-image.sha256"
-    if not (stamp.exists() and stamp.read_text() == want and (image / "base.img").exists()):
-        subprocess.run([str(HERE / "build-image.sh"), str(image)], check=True, env=dict(os.environ, SUITE=suite))
-        stamp.write_text(want)
-    return image
+# The lock is systemd-imdsd's 85-imds-early.network, and networkd configures a link with the
+# first .network file (by name) that matches it: the image's 20-virtio.network and the initrd's
+# 71-default.network (from ip=dhcp, kept in /run) would win. Masked (a link to /dev/null in
+# /etc), as on an image whose own network files sort after it.
+LOCK_MASKED = ["/etc/systemd/network/20-virtio.network", "/etc/systemd/network/71-default.network"]
 
 
 @pytest.fixture(scope="module")
@@ -180,10 +173,11 @@ json_key = "password"
 
 
 def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False, sysext=False, recovery=None,
-                    net=NET, files=(), masked=()):
-    """files: more (path, text) for the guest; masked: paths Ignition links to /dev/null."""
+                    net=NET, files=(), masked=(), manifest_text=None):
+    """files: more (path, text) for the guest; masked: paths Ignition links to /dev/null;
+    manifest_text: the manifest, instead of the AWS one."""
     mpath = tmp / "manifest.toml"
-    mpath.write_text(manifest(name, deadline, net))
+    mpath.write_text(manifest_text or manifest(name, deadline, net))
     if sysext:
         # Fedora CoreOS's rendering: this guest, like Fedora CoreOS, has systemd-sysext.service
         # disabled and no ensure-sysext.service (Flatcar's).
@@ -671,11 +665,6 @@ def test_a_metadata_service_locked_by_systemd_imdsd(images, moto, binary_server,
     hostname = "ip-10-0-0-10.ec2.internal"
     user_data = json.dumps({"systemd.credentials": [{"name": "imds.probe", "text": "from-the-user-data"}]})
     imds = ImdsDouble(moto, hostname=hostname, user_data=user_data).start()
-    # The lock is systemd-imdsd's 85-imds-early.network, and networkd configures a link with the
-    # first .network file (by name) that matches it: the image's 20-virtio.network and the
-    # initrd's 71-default.network (from ip=dhcp, kept in /run) would win. Masked (a link to
-    # /dev/null in /etc), as an image whose own network files sort after it would have them.
-    masked = ["/etc/systemd/network/20-virtio.network", "/etc/systemd/network/71-default.network"]
     files = [
         ("/etc/bootsecrets/credstore.toml", credstore_manifest(name, LNET)),
         ("/etc/bootsecrets/credstore-clash.toml",
@@ -683,7 +672,7 @@ def test_a_metadata_service_locked_by_systemd_imdsd(images, moto, binary_server,
     ]
     try:
         cfg = ignition_config(tmp_path, name, sha512, net=LNET, recovery="doctor credstore", files=files,
-                              masked=masked)
+                              masked=LOCK_MASKED)
         rep = boot(image, tmp_path, cfg, [(LNET.binary, port), (LNET.moto, moto.port), ("169.254.169.254", imds.port)],
                    "locked", env={"GUEST_NET": LOCKED_NET, "SMBIOS": "type=0,vendor=Amazon EC2",
                                   "EXTRA_APPEND": LOCK_APPEND})
@@ -737,3 +726,69 @@ def test_a_metadata_service_locked_by_systemd_imdsd(images, moto, binary_server,
     assert [s.split()[0] for s in rep.starting("credstore-sum-clash")] == \
         [s.split()[0] for s in rep.starting("credstore-sum-before") if s.endswith("imds.probe")], rep
     assert rep.starting("credstore-link-clash") == ["..data/probe-token"], rep
+
+
+def test_a_gce_metadata_server_locked_by_systemd_imdsd(images, binary_server, tmp_path):
+    """Scenario 9, the same lock on a guest hwdb takes for GCE (qemu -smbios type=1,product=Google
+    Compute Engine): the GCE metadata double at 169.254.169.254, `metadata.google.internal` in the
+    guest's /etc/hosts as on GCE images, the Secret Manager double beside it. The gcp backend's
+    default metadata endpoint meets the prohibit route, asks the real systemd-imdsd for the
+    service account's token, and the secrets are written before kubelet starts."""
+    image = images("sid")
+    port, sha512 = binary_server
+    md = GceMetadataDouble().start()
+    sm = SecretManagerDouble(md).start()
+    sm.add_version("tok", b"gce-token-1")
+    sm.add_version("db", json.dumps({"password": "gce-pw-1"}).encode())
+    text = f"""# boot test manifest (GCP): references only
+[settings]
+root_group = "nogroup"
+deadline_seconds = 90
+
+[backend.gcp]
+type = "gcp"
+endpoint = "http://{LNET.moto}"
+allow_http = true
+project = "{md.project_id}"
+
+[[secret]]
+path = "kubelet/bootstrap-token"
+ref = "tok"
+mode = "0440"
+owner = "nobody"
+group = "nogroup"
+
+[[secret]]
+path = "db/password"
+ref = "db"
+json_key = "password"
+"""
+    files = [("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 bootsecrets-test\n"
+                            "169.254.169.254 metadata.google.internal\n")]
+    try:
+        cfg = ignition_config(tmp_path, "gcp", sha512, net=LNET, recovery="doctor", files=files,
+                              masked=LOCK_MASKED, manifest_text=text)
+        rep = boot(image, tmp_path, cfg, [(LNET.binary, port), (LNET.moto, sm.port), ("169.254.169.254", md.port)],
+                   "locked-gce", env={"GUEST_NET": LOCKED_NET, "SMBIOS": "type=1,product=Google Compute Engine",
+                                      "EXTRA_APPEND": "systemd.imds.network=locked"})
+    finally:
+        sm.stop()
+        md.stop()
+    assert rep.starting("systemd-version") == ["262"], rep
+    assert rep.starting("imds-vendor") == ["google-gcp"], rep
+    assert any(r.startswith("prohibit 169.254.169.254") for r in rep.starting("route-prohibit")), rep
+    assert "probe http://169.254.169.254/ 000 exit=7" in rep.lines, rep
+    assert rep.prop("bootsecrets", "Result") == "success", rep
+    assert rep.prop("kubelet", "ActiveState") == "active", rep
+    assert any("the route is locked (systemd-imdsd); asking systemd-imdsd" in j
+               for j in rep.starting("journal-bootsecrets")), rep
+    assert rep.starting("journal-err") == [], rep
+    assert_secrets_seen(rep, "gce-token-1", "gce-pw-1")
+    # Asked by the daemon: the token (with Metadata-Flavor, which the double requires).
+    paths = [r.path for r in md.requests]
+    assert any(p.startswith("/computeMetadata/v1/instance/service-accounts/") and p.endswith("/token")
+               for p in paths), paths
+    assert rep.starting("doctor-exit") == ["0"], rep
+    route = [d for d in rep.starting("doctor") if "metadata route" in d]
+    assert len(route) == 1 and route[0].startswith("ok") and "locked by a prohibit route" in route[0] \
+        and "vendor google-gcp" in route[0], rep

@@ -453,3 +453,17 @@ def netns():
     ns.close()
 
 # ---- end of the LocalStack and network-namespace block -----------------------------------------
+
+
+@pytest.fixture(params=["debug", "static"])
+def binary(request):
+    """What users run, for tests of identity, names and the run path: the debug build and the
+    static release binary."""
+    if request.param == "debug":
+        return BIN
+    if STATIC_BIN is None:
+        if os.environ.get("BOOTSECRETS_REQUIRE_STATIC") == "1":
+            pytest.fail("BOOTSECRETS_STATIC_BIN is not set: the static release binary must be "
+                        "tested (tests/run builds it first)")
+        pytest.skip("BOOTSECRETS_STATIC_BIN is not set (tests/run --quick)")
+    return STATIC_BIN

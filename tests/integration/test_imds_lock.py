@@ -11,7 +11,6 @@ binary's mount namespace. The manifests name no metadata endpoint: the defaults,
 
 import errno
 import json
-import os
 import shutil
 import socket
 import tempfile
@@ -20,23 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, STATIC_BIN, published, status
+from conftest import published, status
 from support.imdsd import ImdsdDouble
 from support.netns import METADATA_IP, NetNs
 from support.proxy import LateProxy
-
-
-@pytest.fixture(params=["debug", "static"])
-def binary(request):
-    """Identity is what users run: the debug build and the static release binary."""
-    if request.param == "debug":
-        return BIN
-    if STATIC_BIN is None:
-        if os.environ.get("BOOTSECRETS_REQUIRE_STATIC") == "1":
-            pytest.fail("BOOTSECRETS_STATIC_BIN is not set: the static release binary must be "
-                        "tested (tests/run builds it first)")
-        pytest.skip("BOOTSECRETS_STATIC_BIN is not set (tests/run --quick)")
-    return STATIC_BIN
 
 
 @pytest.fixture
@@ -162,6 +148,7 @@ ref = "db"
     assert r.code == 0, r
     assert published(outdir)["db"].read_bytes() == b"s3cret"
     assert "/instance/service-accounts/default/token" in daemon.keys(), daemon.calls
+    assert r.stderr.count("the route is locked (systemd-imdsd); asking systemd-imdsd") == 1, r
 
 
 def doctor_route(bootsecrets, manifest, locked, run_systemd, tmp_path):

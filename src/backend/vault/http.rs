@@ -228,9 +228,9 @@ impl Api {
             base.set_host(Some(name))
                 .map_err(|_| FetchError::permanent("tls_server_name is not a host name"))?;
         }
-        let http = b
-            .build()
-            .map_err(|_| FetchError::permanent("cannot build the HTTPS client for Vault"))?;
+        let http = b.build().map_err(|e| {
+            crate::http::client_setup_error("the HTTPS client for Vault", Some("ca_file"), &e)
+        })?;
         Ok(Api {
             http,
             base: base.as_str().trim_end_matches('/').to_string(),
