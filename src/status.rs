@@ -69,6 +69,27 @@ pub struct RunStatus {
     /// Optional secrets whose fetch failed transiently (`class` `deadline` in `failures`) and
     /// whose published file stays as it was: their entries in `secrets` say `"kept": true`.
     pub kept: Vec<String>,
+    /// Vault tokens placed on the node (`method = "token"`) that this run used: what is left of
+    /// each after its renewal.
+    pub tokens: Vec<TokenStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenStatus {
+    pub backend: String,
+    pub token_file: String,
+    /// `null` when the token's policies do not let it look itself up (see `note`).
+    pub renewable: Option<bool>,
+    /// Whether this run renewed it.
+    pub renewed: bool,
+    /// Seconds left when the run used it; `null` for a token that never expires or whose life
+    /// is unknown.
+    pub ttl_s: Option<u64>,
+    pub expires: Option<String>,
+    /// A periodic token's period, in seconds.
+    pub period_s: Option<u64>,
+    /// Why the life is unknown, or the warning that it is near its end.
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Serialize)]

@@ -347,12 +347,64 @@ impl Backend {
         }
     }
 
+    /// What a run does once connected, before reading, and `doctor` does not: a placed Vault
+    /// token is renewed. Nothing for the other backends.
+    pub async fn renew(&mut self, deadline: &Deadline) -> Result<(), RetryError> {
+        match self {
+            #[cfg(feature = "vault")]
+            Backend::Vault(b) => b.renew(deadline).await,
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = deadline;
+                Ok(())
+            }
+        }
+    }
+
+    /// A placed Vault token's life as the status file records it (its `note` the warning it
+    /// deserves, if any). `None` for every other identity.
+    pub fn placed_token(&self, name: &str) -> Option<crate::status::TokenStatus> {
+        match self {
+            #[cfg(feature = "vault")]
+            Backend::Vault(b) => {
+                use vault::token::Lookup;
+                let (file, lookup) = b.token_life()?;
+                let mut st = crate::status::TokenStatus {
+                    backend: name.to_string(),
+                    token_file: file.to_string(),
+                    renewable: None,
+                    renewed: false,
+                    ttl_s: None,
+                    expires: None,
+                    period_s: None,
+                    note: b.diagnose().into_iter().next(),
+                };
+                if let Lookup::Known(life) = lookup {
+                    st.renewable = Some(life.renewable);
+                    st.renewed = life.renewed;
+                    st.ttl_s = life.ttl.map(|t| t.as_secs());
+                    st.expires = life.expires().map(crate::status::rfc3339);
+                    st.period_s = life.period.map(|p| p.as_secs());
+                }
+                Some(st)
+            }
+            #[allow(unreachable_patterns)]
+            _ => {
+                let _ = name;
+                None
+            }
+        }
+    }
+
     /// Problems with the identity that `doctor` can see beyond a working login (GCP: access
-    /// scopes that keep Secret Manager out).
+    /// scopes that keep Secret Manager out; Vault: a placed token near its end). A run logs
+    /// the Vault ones as warnings too.
     pub async fn diagnose(&self) -> Vec<String> {
         match self {
             #[cfg(feature = "gcp")]
             Backend::Gcp(b) => b.diagnose().await,
+            #[cfg(feature = "vault")]
+            Backend::Vault(b) => b.diagnose(),
             #[allow(unreachable_patterns)]
             _ => Vec::new(),
         }

@@ -140,6 +140,9 @@ fn identity_hint(message: &str) -> &'static str {
     } else if has("metadata server") || has("Metadata-Flavor") {
         "the GCE metadata server (metadata.google.internal) must be reachable, without a proxy, \
          and the instance must have a service account"
+    } else if has("Vault does not know it") {
+        "the token in token_file has expired or was revoked: place a new one (a periodic token \
+         lives as long as the node runs at least once per period)"
     } else if has("login refused") || has("permission denied (403)") {
         "the Vault role or policy refuses this node: check the auth method's role bindings and \
          the token's policies"

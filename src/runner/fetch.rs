@@ -52,6 +52,8 @@ pub struct Fetch {
     pub failures: Vec<Failure>,
     /// Secrets left out because their `unless_exists` path exists, with that path.
     pub skipped: Vec<(usize, PathBuf)>,
+    /// The placed Vault tokens the run used, after their renewal.
+    pub tokens: Vec<crate::status::TokenStatus>,
 }
 
 pub fn secret_label(s: &SecretPlan) -> String {
@@ -190,15 +192,26 @@ pub async fn connect_and_fetch(
                 tokio::time::sleep(jitter).await;
                 connect.await
             };
+            let r = match r {
+                Ok(mut b) => b.renew(deadline).await.map(|()| b),
+                Err(e) => Err(e),
+            };
             (name.as_str(), cfg.kind(), r)
         });
     let connected = futures_util::future::join_all(attempts).await;
     let mut backends: BTreeMap<&str, Backend> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut tokens = Vec::new();
     for (name, kind, r) in connected {
         match r {
             Ok(b) => {
                 log::debug!("backend `{name}` ({kind}): identity established");
+                if let Some(t) = b.placed_token(name) {
+                    if let Some(note) = &t.note {
+                        log::warn!(backend = name; "backend `{name}`: {note}");
+                    }
+                    tokens.push(t);
+                }
                 backends.insert(name, b);
             }
             Err(e) => {
@@ -277,6 +290,7 @@ pub async fn connect_and_fetch(
         done,
         failures,
         skipped,
+        tokens,
     }
 }
 

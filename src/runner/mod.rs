@@ -61,6 +61,7 @@ struct Context<'a> {
     skipped: Vec<(usize, PathBuf)>,
     /// Optional and required alike.
     failures: Vec<Failure>,
+    tokens: Vec<crate::status::TokenStatus>,
 }
 
 /// Publishes the fetched secrets at once. Just before the flip, the status file records the
@@ -160,6 +161,7 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         start,
         skipped: fetched.skipped,
         failures: fetched.failures,
+        tokens: fetched.tokens,
     };
     let done = fetched.done;
     for f in &cx.failures {

@@ -72,6 +72,7 @@ pub(super) fn status_of(
             })
             .collect(),
         kept: Vec::new(),
+        tokens: cx.tokens.clone(),
     };
     if actions.iter().any(|a| !a.ok) {
         run.exit_code = 1;

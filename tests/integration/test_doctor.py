@@ -135,7 +135,9 @@ def test_vault_metadata_versions_and_kv1(bao, outdir, credfile, tmp_path):
         {"path": "v1", "ref": "old", "mount": v1, "kv_version": 1},
     ])
     code, report, _ = doctor(m, tmp_path, cmdline="ignition.platform.id=metal")
-    assert finding(report, "identity `vault`")["detail"].startswith("a token from the token login at")
+    ident = finding(report, "identity `vault`")["detail"]
+    assert ident.startswith(f"the token in {auth['token_file']}, valid at {bao.url}: renewable, "
+                            "expires in "), ident
     assert finding(report, "secret `current`")["status"] == "ok"
     d = finding(report, "secret `deleted`")
     assert d["status"] == "fail" and "version 1 is deleted" in d["detail"], d

@@ -140,8 +140,10 @@ class OpenBao:
         self.api("POST", f"sys/auth/{mount}", {"type": kind})
 
     def token(self, policies, ttl="10m", **extra) -> str:
-        return self.api("POST", "auth/token/create",
-                        {"policies": policies, "ttl": ttl, **extra})["auth"]["client_token"]
+        """A token with these policies (and the default one); `ttl=None` sends none (a
+        periodic token's TTL is its period)."""
+        body = {"policies": policies, **({"ttl": ttl} if ttl else {}), **extra}
+        return self.api("POST", "auth/token/create", body)["auth"]["client_token"]
 
     def seal(self) -> None:
         self.api("PUT", "sys/seal")

@@ -37,11 +37,16 @@ struct ErrorBody {
 }
 
 impl Response {
+    /// Vault's `errors` list, for matching against known phrases (never echoed).
+    pub fn errors(&self) -> Vec<String> {
+        serde_json::from_slice::<ErrorBody>(self.body.expose())
+            .map(|b| b.errors)
+            .unwrap_or_default()
+    }
+
     /// The failure this non-success answer stands for.
     pub fn error(&self, what: &str) -> FetchError {
-        let errors = serde_json::from_slice::<ErrorBody>(self.body.expose())
-            .map(|b| b.errors)
-            .unwrap_or_default();
+        let errors = self.errors();
         let mut e = classify_status(self.code, &errors, what);
         e.retry_after = e.retry_after.or(self.retry_after);
         e

@@ -9,6 +9,7 @@
 
 pub mod auth;
 mod http;
+pub mod token;
 
 use crate::credfile;
 use crate::error::FetchError;
@@ -272,6 +273,8 @@ pub struct VaultBackend {
     /// For messages: the namespace requests go to.
     namespace: Option<String>,
     revoke: bool,
+    /// A token placed on the node (`method = "token"`): its file and what its lookup said.
+    placed: Option<(String, token::Lookup)>,
     /// Detected (mount, KV version) pairs: a secret under a known mount, or a retry, does not
     /// ask again (one detection per mount, not per secret: each is a round trip).
     mounts: Mutex<Vec<(String, u8)>>,
@@ -356,15 +359,85 @@ impl VaultBackend {
             |_| auth::login(&cfg.auth, &state, &api),
         )
         .await?;
+        let api = api.with_token(token);
+        // A placed token is looked up first: one that Vault no longer knows fails here, saying
+        // so, rather than as a permission denial per secret.
+        let placed = match &cfg.auth {
+            auth::AuthConfig::Token { token_file } => {
+                let lookup = retry(
+                    &format!("backend `{name}`: Vault token lookup"),
+                    deadline,
+                    |_| token::look_up(&api, token_file),
+                )
+                .await?;
+                Some((token_file.clone(), lookup))
+            }
+            _ => None,
+        };
         Ok(VaultBackend {
             name: name.to_string(),
             method: cfg.auth.method(),
             namespace: cfg.namespace.clone(),
-            api: api.with_token(token),
+            api,
             revoke: cfg.revoke_token,
+            placed,
             mounts: Mutex::new(Vec::new()),
             detecting: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// What a run does before reading (`doctor` does not): renews a renewable placed token, so
+    /// that it outlives the period as long as the node runs within each. A refusal is a warning
+    /// (the reads say whether the token still works); an unknown token fails the backend.
+    pub async fn renew(&mut self, deadline: &Deadline) -> Result<(), RetryError> {
+        let Some((file, token::Lookup::Known(life))) = &self.placed else {
+            return Ok(());
+        };
+        if !token::wants_renewal(life) {
+            return Ok(());
+        }
+        let (file, before) = (file.clone(), life.clone());
+        let renewed = retry(
+            &format!("backend `{}`: Vault token renewal", self.name),
+            deadline,
+            |_| token::renew(&self.api, &file, &before),
+        )
+        .await?;
+        match renewed {
+            Ok(after) => {
+                log::debug!(
+                    backend = self.name.as_str();
+                    "backend `{}`: Vault token renewed: {}",
+                    self.name,
+                    after.describe()
+                );
+                self.placed = Some((file, token::Lookup::Known(after)));
+            }
+            Err(reason) => log::warn!(
+                backend = self.name.as_str();
+                "backend `{}`: the Vault token in {file} was not renewed ({reason}); it {}",
+                self.name,
+                before.left()
+            ),
+        }
+        Ok(())
+    }
+
+    /// A placed token's life as this connection knows it (after the run's renewal, if any).
+    pub fn token_life(&self) -> Option<(&str, &token::Lookup)> {
+        self.placed.as_ref().map(|(f, l)| (f.as_str(), l))
+    }
+
+    /// Problems `doctor` (and a run, as warnings) can see in the identity: a placed token near
+    /// its end, or one whose life is unknown.
+    pub fn diagnose(&self) -> Vec<String> {
+        match &self.placed {
+            Some((file, token::Lookup::Known(life))) => life.warning(file).into_iter().collect(),
+            Some((file, token::Lookup::Unknown(why))) => {
+                vec![format!("the Vault token in {file}: {why}")]
+            }
+            None => Vec::new(),
+        }
     }
 
     /// For `doctor`: looks at a wrapped secret_id without spending it (see
@@ -541,15 +614,23 @@ impl VaultBackend {
     }
 
     pub fn identity(&self) -> String {
-        format!(
-            "a token from the {} login at {}{}",
-            self.method,
+        let at = format!(
+            "{}{}",
             self.api.base_url(),
             self.namespace
                 .as_deref()
                 .map(|n| format!(" (namespace `{n}`)"))
                 .unwrap_or_default()
-        )
+        );
+        match &self.placed {
+            Some((file, token::Lookup::Known(life))) => {
+                format!("the token in {file}, valid at {at}: {}", life.describe())
+            }
+            Some((file, token::Lookup::Unknown(_))) => {
+                format!("the token in {file} at {at} (its life unknown)")
+            }
+            None => format!("a token from the {} login at {at}", self.method),
+        }
     }
 
     /// KV v2: reads the secret's metadata (never its data): the version asked for (or the
