@@ -358,3 +358,88 @@ fn every_file_the_docs_name_exists() {
     }
     assert!(missing.is_empty(), "{missing:#?}");
 }
+
+/// Every manifest the docs and examples show is clean under `bootsecrets check --offline`: valid,
+/// and without a warning (a reader copies them). A block with a backend and secrets is checked
+/// as it stands; a guide's secrets block is checked with that guide's backend block before it,
+/// as its reader assembles the quick start. Fragments elsewhere (a list of secrets to add to
+/// one's own manifest) are not manifests.
+#[test]
+fn every_documented_manifest_checks_clean() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempdir();
+    let mut checked = Vec::new();
+    for file in shipped_docs() {
+        let rel = file.strip_prefix(root).unwrap().display().to_string();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let manifests: Vec<String> = if rel.ends_with(".toml") {
+            if !text.contains("[[secret]]") {
+                continue;
+            }
+            vec![text]
+        } else if rel.ends_with(".md") {
+            let blocks: Vec<&str> = text
+                .split("```toml\n")
+                .skip(1)
+                .map(|b| b.split("```").next().unwrap())
+                .collect();
+            let backend = blocks
+                .iter()
+                .find(|b| b.contains("[backend.") && b.contains("type ="));
+            blocks
+                .iter()
+                .filter(|b| b.contains("[[secret]]"))
+                .filter_map(|b| {
+                    if b.contains("[backend.") {
+                        Some(b.to_string())
+                    } else if rel.starts_with("docs/guide/") {
+                        backend.map(|be| format!("{be}\n{b}"))
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        } else {
+            continue;
+        };
+        for (i, m) in manifests.iter().enumerate() {
+            let path = dir.join(format!("{}-{i}.toml", rel.replace('/', "_")));
+            std::fs::write(&path, m).unwrap();
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_bootsecrets"))
+                .args(["check", "--offline", "--manifest"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                out.status.success() && !said.lines().any(|l| l.contains("warning:")),
+                "{rel}: manifest #{i} is not clean under `check --offline`:\n{said}\n--- the manifest\n{m}"
+            );
+            checked.push(format!("{rel}#{i}"));
+        }
+    }
+    for must in [
+        "docs/guide/aws.md#0",
+        "docs/guide/azure.md#0",
+        "docs/guide/gcp.md#0",
+        "docs/guide/vault.md#0",
+        "docs/manifest.md#0",
+        "examples/manifest.toml#0",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == must),
+            "{must} was not checked: {checked:?}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("bootsecrets-docs-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
