@@ -722,7 +722,7 @@ pub fn azure_login_body(
 /// as a header.
 fn login_answer(resp: &super::http::Response, what: &str) -> Result<SecretString, FetchError> {
     if resp.code != 200 {
-        return Err(resp.error(what));
+        return Err(resp.quoting_error(what));
     }
     #[derive(serde::Deserialize)]
     struct Answer {
@@ -764,7 +764,7 @@ async fn unwrap_secret_id(file: &str, api: &Api) -> Result<SecretString, FetchEr
         )
         .await?;
     if resp.code != 200 {
-        let mut e = resp.error(what);
+        let mut e = resp.quoting_error(what);
         if resp.code == 400 {
             e = FetchError::permanent(format!(
                 "{what}: the wrapping token is invalid, expired or already used (400); a wrapped \
@@ -815,7 +815,7 @@ pub async fn lookup_wrapped(cfg: &AuthConfig, api: &Api) -> Result<String, Fetch
         )));
     }
     if resp.code != 200 {
-        return Err(resp.error(what));
+        return Err(resp.quoting_error(what));
     }
     #[derive(serde::Deserialize)]
     struct Lookup {

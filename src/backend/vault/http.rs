@@ -2,8 +2,11 @@
 //! into secret memory up to `settings.max_response_bytes`, and the classification of every
 //! failure as transient or permanent.
 //!
-//! Error messages are built from status codes and bootsecrets' own words. Vault's `errors` strings
-//! are only matched against known phrases to pick a message; they are never echoed.
+//! Error messages are built from status codes and bootsecrets' own words, matched against known
+//! phrases of Vault's `errors` strings. Vault's own words are added ([`Response::quoting_error`])
+//! only for answers that cannot carry secret data (logins, token lookups and renewals, unwrapping,
+//! mount detection, revocation), bounded and stripped of control characters; a KV read's answer
+//! is never quoted.
 
 use super::VaultConfig;
 use crate::error::{FetchError, TooLarge, is_tls_error};
@@ -44,6 +47,16 @@ impl Response {
             .unwrap_or_default()
     }
 
+    /// [`Response::error`], with Vault's own words added: only for an answer that cannot carry
+    /// secret data (never a KV read's).
+    pub fn quoting_error(&self, what: &str) -> FetchError {
+        let mut e = self.error(what);
+        if let Some(said) = vault_said(&self.errors()) {
+            e.message += &format!(" (Vault said: {said})");
+        }
+        e
+    }
+
     /// The failure this non-success answer stands for.
     pub fn error(&self, what: &str) -> FetchError {
         let errors = self.errors();
@@ -51,6 +64,44 @@ impl Response {
         e.retry_after = e.retry_after.or(self.retry_after);
         e
     }
+}
+
+/// At most this many characters of Vault's words in a message.
+pub const SAID_MAX: usize = 240;
+
+/// Vault's `errors`, as one line fit for a message: Go's multi-error wrapper (`1 error
+/// occurred:` and its bullets) and formatting debris (`%!w(<nil>)`) removed, control characters
+/// turned into spaces, runs of blanks collapsed, quoted, at most [`SAID_MAX`] characters. `None`
+/// when Vault said nothing.
+pub fn vault_said(errors: &[String]) -> Option<String> {
+    let mut parts = Vec::new();
+    for e in errors {
+        let mut t: String = e
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        while let Some(at) = t.find("%!") {
+            let end = t[at..].find(')').map(|i| at + i + 1).unwrap_or(t.len());
+            t.replace_range(at..end, "");
+        }
+        for item in t.split(" * ") {
+            let item = item.split_whitespace().collect::<Vec<_>>().join(" ");
+            let item = item.trim_end_matches(':').trim();
+            let wrapper = item.ends_with("occurred") && item.contains("error");
+            if !item.is_empty() && !wrapper && item != "*" {
+                parts.push(item.trim_start_matches("* ").to_string());
+            }
+        }
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let joined = parts.join("; ");
+    let mut out: String = joined.chars().take(SAID_MAX).collect();
+    if joined.chars().count() > SAID_MAX {
+        out.push('…');
+    }
+    Some(format!("\"{}\"", out.replace('"', "'")))
 }
 
 fn mentions(errors: &[String], phrase: &str) -> bool {
@@ -417,6 +468,34 @@ pub(super) mod freed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn said(e: &[&str]) -> Option<String> {
+        vault_said(&e.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn vaults_words_are_one_bounded_line() {
+        // OpenBao's CIDR refusal, with its formatting debris.
+        assert_eq!(
+            said(&["source address \"127.0.0.1\" unauthorized by CIDR restrictions on the role: %!w(<nil>)"])
+                .unwrap(),
+            "\"source address '127.0.0.1' unauthorized by CIDR restrictions on the role\""
+        );
+        // Go's multi-error wrapper, and control characters.
+        assert_eq!(
+            said(&["1 error occurred:\n\t* permission denied\n\n"]).unwrap(),
+            "\"permission denied\""
+        );
+        assert_eq!(
+            said(&["2 errors occurred:\n\t* a\x1b[31m\n\t* b\n\n"]).unwrap(),
+            "\"a [31m; b\""
+        );
+        assert_eq!(said(&[]), None);
+        assert_eq!(said(&["  \n"]), None);
+        let long = said(&[&"x".repeat(1000)]).unwrap();
+        assert_eq!(long.chars().count(), SAID_MAX + 3, "{long}");
+        assert!(long.ends_with("…\""));
+    }
 
     async fn test_api() -> Api {
         let cfg = VaultConfig {

@@ -477,7 +477,7 @@ impl VaultBackend {
             Ok(Ok(resp)) => log::warn!(
                 "backend `{}`: could not revoke the Vault token ({}); it stays valid until its TTL ends",
                 self.name,
-                resp.error(what).message
+                resp.quoting_error(what).message
             ),
             Ok(Err(e)) => log::warn!(
                 "backend `{}`: could not revoke the Vault token ({}); it stays valid until its TTL ends",
@@ -550,7 +550,7 @@ impl VaultBackend {
             .get(&format!("sys/internal/ui/mounts/{full}"), &what)
             .await?;
         if resp.status != Status::Ok {
-            let mut e = resp.error(&what);
+            let mut e = resp.quoting_error(&what);
             if e.class == crate::error::Class::Permanent {
                 e.message += "; set `mount` and `kv_version` on the secret to skip detection";
             }

@@ -116,7 +116,7 @@ pub async fn look_up(api: &Api, token_file: &str) -> Result<Lookup, FetchError> 
                     .to_string(),
             ));
         }
-        _ => return Err(resp.error(what)),
+        _ => return Err(resp.quoting_error(what)),
     }
     let data = serde_json::from_slice::<LookupAnswer>(resp.body.expose())
         .ok()
@@ -164,7 +164,7 @@ pub async fn renew(
             )));
         }
         _ => {
-            let e = resp.error(what);
+            let e = resp.quoting_error(what);
             if e.class == crate::error::Class::Transient {
                 return Err(e);
             }
