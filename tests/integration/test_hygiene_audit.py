@@ -637,7 +637,7 @@ def vault_bad_token(env):
     bogus = env.secret("s." + uuid.uuid4().hex[:24])
     r = env.run(vm(env, env.bao.url, {"method": "token", "token_file": env.file(bogus)},
                    [{"path": "x", "ref": f"{kv}/s", "field": "v"}]))
-    expect(env, r, 1, "permission denied (403): the token is invalid")
+    expect(env, r, 1, "is not valid at " + env.bao.url + ": Vault does not know it")
 
 
 def vault_revoked_token(env):
@@ -647,7 +647,7 @@ def vault_revoked_token(env):
     env.bao.api("POST", "auth/token/revoke", {"token": tok})
     r = env.run(vm(env, env.bao.url, {"method": "token", "token_file": env.file(tok)},
                    [{"path": "x", "ref": f"{kv}/s", "field": "v"}]))
-    expect(env, r, 1, "permission denied (403)")
+    expect(env, r, 1, "Vault does not know it (expired, revoked")
 
 
 def _vault_gone(env, how):
