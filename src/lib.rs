@@ -26,3 +26,4 @@ pub mod status;
 pub mod units;
 pub mod varlink;
 pub mod writer;
+pub mod x509;

@@ -147,6 +147,8 @@ pub struct VaultCertAuth {
     pub name: Option<String>,
     pub cert_file: String,
     pub key_file: String,
+    /// `check`, `doctor` and runs warn when `cert_file` expires within this many days.
+    pub expiry_warning_days: Option<u32>,
 }
 
 /// `method = "gcp"`: the GCE metadata server's identity token for `vault/ROLE`.

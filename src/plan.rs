@@ -623,8 +623,19 @@ impl Plan {
     /// optional secrets use, a program that only a refresh runs), each with its reason.
     pub fn node_findings(&self, skipped: &BTreeSet<usize>) -> (Vec<String>, Vec<String>) {
         let (mut errors, mut warnings) = (Vec::new(), Vec::new());
-        for name in self.backends.keys() {
-            let problems = self.check_files(name);
+        for (name, cfg) in &self.backends {
+            let mut problems = self.check_files(name);
+            // The client certificate's validity, once the files are there to read.
+            if problems.is_empty() {
+                match cfg.certificate_standing() {
+                    Some(Err(e)) if e.class == crate::error::Class::Permanent => {
+                        problems.push(e.message)
+                    }
+                    Some(Err(e)) => warnings.push(format!("backend `{name}`: {}", e.message)),
+                    Some(Ok(Some(w))) => warnings.push(format!("backend `{name}`: {w}")),
+                    _ => {}
+                }
+            }
             if problems.is_empty() {
                 continue;
             }

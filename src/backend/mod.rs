@@ -200,6 +200,25 @@ impl BackendConfig {
         }
     }
 
+    /// Where the client certificate a login presents stands now (Vault's cert login): `None`
+    /// for every other identity; `Err` when a login cannot work now (expired: permanent; not yet
+    /// valid: transient); `Ok(Some(warning))` when it is near its end. Reads the file.
+    pub fn certificate_standing(&self) -> Option<Result<Option<String>, FetchError>> {
+        match self {
+            #[cfg(feature = "vault")]
+            BackendConfig::Vault(c) => match &c.auth {
+                vault::auth::AuthConfig::Cert {
+                    cert_file,
+                    warn_within,
+                    ..
+                } => Some(vault::auth::certificate_standing(cert_file, *warn_within)),
+                _ => None,
+            },
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
     /// Whether establishing the identity talks only to the node's own metadata service (then it
     /// can run during the startup jitter), not to the backend service (a Vault login does).
     pub fn identity_is_local(&self) -> bool {
@@ -358,6 +377,17 @@ impl Backend {
                 let _ = deadline;
                 Ok(())
             }
+        }
+    }
+
+    /// What a run logs as warnings about the identity it established (Vault: a placed token or
+    /// a client certificate near its end). Nothing for the other backends.
+    pub fn run_warnings(&self) -> Vec<String> {
+        match self {
+            #[cfg(feature = "vault")]
+            Backend::Vault(b) => b.run_warnings(),
+            #[allow(unreachable_patterns)]
+            _ => Vec::new(),
         }
     }
 

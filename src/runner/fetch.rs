@@ -206,12 +206,10 @@ pub async fn connect_and_fetch(
         match r {
             Ok(b) => {
                 log::debug!("backend `{name}` ({kind}): identity established");
-                if let Some(t) = b.placed_token(name) {
-                    if let Some(note) = &t.note {
-                        log::warn!(backend = name; "backend `{name}`: {note}");
-                    }
-                    tokens.push(t);
+                for w in b.run_warnings() {
+                    log::warn!(backend = name; "backend `{name}`: {w}");
                 }
+                tokens.extend(b.placed_token(name));
                 backends.insert(name, b);
             }
             Err(e) => {

@@ -85,8 +85,13 @@ pub enum AuthConfig {
         name: Option<String>,
         cert_file: String,
         key_file: String,
+        /// Less than this left on the certificate is worth a warning.
+        warn_within: std::time::Duration,
     },
 }
+
+/// `expiry_warning_days` unless set: a month to renew a certificate in.
+pub const CERT_WARNING_DAYS: u32 = 30;
 
 fn mount(m: &Option<String>, default: &str, errors: &mut Vec<String>) -> String {
     let m = m
@@ -320,6 +325,9 @@ pub fn plan(e: &VaultAuthEntry, _env: EnvLookup<'_>) -> Result<AuthConfig, Vec<S
                 name: role(&c.name, false, &mut errors),
                 cert_file: c.cert_file.clone(),
                 key_file: cred_file("key_file", &c.key_file, &mut errors),
+                warn_within: std::time::Duration::from_secs(
+                    u64::from(c.expiry_warning_days.unwrap_or(CERT_WARNING_DAYS)) * 86_400,
+                ),
             }
         }
     };
@@ -947,6 +955,48 @@ fn canonical_header(name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("-")
+}
+
+/// Where a cert login's client certificate stands now: `Err` when a login cannot work (expired:
+/// permanent; not yet valid: transient, the node's clock being behind, as at boot before NTP);
+/// `Ok(Some(warning))` when it expires within `warn_within`.
+pub fn certificate_standing(
+    cert_file: &str,
+    warn_within: std::time::Duration,
+) -> Result<Option<String>, FetchError> {
+    use crate::x509::Standing;
+    let pem = std::fs::read(cert_file).map_err(|e| {
+        FetchError::permanent(format!(
+            "cannot read the client certificate {cert_file}: {e}"
+        ))
+    })?;
+    let v = crate::x509::first_certificate_validity(&pem)
+        .map_err(|e| FetchError::permanent(format!("client certificate {cert_file}: {e}")))?;
+    let now = SystemTime::now();
+    let stamp = crate::status::rfc3339;
+    match v.at(now) {
+        Standing::NotYetValid => Err(FetchError::transient(format!(
+            "the client certificate in {cert_file} is not valid before {}, and the node's clock \
+             says {}: the clock is probably behind (not yet synchronized at boot); waiting for \
+             it (if it stays wrong, fix the node's time source)",
+            stamp(v.not_before),
+            stamp(now)
+        ))),
+        Standing::Expired { .. } => Err(FetchError::permanent(format!(
+            "the client certificate in {cert_file} expired at {} (the node's clock says {}): \
+             Vault refuses the login; install a renewed certificate in cert_file (and its key \
+             in key_file), or fix the node's clock if it is ahead",
+            stamp(v.not_after),
+            stamp(now)
+        ))),
+        Standing::Valid { left } if left < warn_within => Ok(Some(format!(
+            "the client certificate in {cert_file} expires in {} ({}): renew it before then, or \
+             the node cannot log in (expiry_warning_days sets this warning's margin)",
+            super::token::span(left),
+            stamp(v.not_after)
+        ))),
+        Standing::Valid { .. } => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -275,6 +275,8 @@ pub struct VaultBackend {
     revoke: bool,
     /// A token placed on the node (`method = "token"`): its file and what its lookup said.
     placed: Option<(String, token::Lookup)>,
+    /// The client certificate near its end (cert login), for the run's log.
+    cert_warning: Option<String>,
     /// Detected (mount, KV version) pairs: a secret under a known mount, or a retry, does not
     /// ask again (one detection per mount, not per secret: each is a round trip).
     mounts: Mutex<Vec<(String, u8)>>,
@@ -348,6 +350,23 @@ impl VaultBackend {
             }),
             _ => None,
         };
+        // An expired client certificate fails here, saying so, not as Vault's 500 retried until
+        // the deadline; a not-yet-valid one (the clock behind at boot) is waited for.
+        let cert_warning = match &cfg.auth {
+            auth::AuthConfig::Cert {
+                cert_file,
+                warn_within,
+                ..
+            } => {
+                retry(
+                    &format!("backend `{name}`: client certificate"),
+                    deadline,
+                    |_| async { auth::certificate_standing(cert_file, *warn_within) },
+                )
+                .await?
+            }
+            _ => None,
+        };
         let api = retry(&format!("backend `{name}`: Vault client"), deadline, |_| {
             Api::new(cfg, cert, limits.max_response)
         })
@@ -381,6 +400,7 @@ impl VaultBackend {
             api,
             revoke: cfg.revoke_token,
             placed,
+            cert_warning,
             mounts: Mutex::new(Vec::new()),
             detecting: tokio::sync::Mutex::new(()),
         })
@@ -423,21 +443,29 @@ impl VaultBackend {
         Ok(())
     }
 
+    /// What a run logs as warnings about this identity: a placed token near its end (or of
+    /// unknown life), a client certificate near its end.
+    pub fn run_warnings(&self) -> Vec<String> {
+        self.diagnose()
+    }
+
     /// A placed token's life as this connection knows it (after the run's renewal, if any).
     pub fn token_life(&self) -> Option<(&str, &token::Lookup)> {
         self.placed.as_ref().map(|(f, l)| (f.as_str(), l))
     }
 
     /// Problems `doctor` (and a run, as warnings) can see in the identity: a placed token near
-    /// its end, or one whose life is unknown.
+    /// its end, or one whose life is unknown; a client certificate near its end.
     pub fn diagnose(&self) -> Vec<String> {
-        match &self.placed {
+        let mut w: Vec<String> = match &self.placed {
             Some((file, token::Lookup::Known(life))) => life.warning(file).into_iter().collect(),
             Some((file, token::Lookup::Unknown(why))) => {
                 vec![format!("the Vault token in {file}: {why}")]
             }
             None => Vec::new(),
-        }
+        };
+        w.extend(self.cert_warning.clone());
+        w
     }
 
     /// For `doctor`: looks at a wrapped secret_id without spending it (see
