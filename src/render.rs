@@ -308,8 +308,8 @@ impl Install {
 pub enum OutputRoot {
     /// `/run/bootsecrets` or `/run/credstore`: the shipped units create and may write both.
     Shipped,
-    /// Another directory under `/run` (the path relative to `/run`), which systemd creates for
-    /// bootsecrets.service on the tmpfs `/run` (`RuntimeDirectory=`).
+    /// Another directory under `/run` (the path relative to `/run`), which bootsecrets.service
+    /// makes on the tmpfs `/run` as it makes the shipped ones (`ExecStartPre=+mkdir`).
     Run(String),
     /// Anywhere else: a tmpfs mounted before the units start.
     Elsewhere(String),
@@ -343,7 +343,7 @@ impl OutputRoot {
             .find(|&c| !(c.is_ascii_alphanumeric() || "/._-+@".contains(c)))
         {
             bail!(
-                "settings.output_root `{given}` holds {c:?}, which the units' RuntimeDirectory= \
+                "settings.output_root `{given}` holds {c:?}, which the units' ExecStartPre= \
                  and ReadWritePaths= would not take literally; use only letters, digits, `.`, \
                  `_`, `-`, `+` and `@` in it"
             );
@@ -368,11 +368,11 @@ impl OutputRoot {
             OutputRoot::Run(rel) if boot => format!(
                 "{head}\n\
                  # /run/{rel}, which is not one of the shipped /run/bootsecrets and /run/credstore.\n\
-                 # systemd creates it on the tmpfs /run like them (RuntimeDirectoryMode=0700) and\n\
-                 # keeps it when the unit stops (RuntimeDirectoryPreserve=yes); bootsecrets sets its\n\
-                 # final mode and owner.\n\
+                 # Made on the tmpfs /run like them (mode 0700 on the first start, left as it is\n\
+                 # after that, never removed); bootsecrets sets its final mode and owner.\n\
                  [Service]\n\
-                 RuntimeDirectory={rel}\n"
+                 ExecStartPre=+/usr/bin/mkdir -p -m 0700 /run/{rel}\n\
+                 ReadWritePaths=-/run/{rel}\n"
             ),
             OutputRoot::Run(rel) => format!(
                 "{head}\n\
@@ -999,7 +999,11 @@ mod tests {
         let run = OutputRoot::Run("k8s/secrets".into());
         assert_eq!(
             directives(run.dropin(UNIT_NAME).unwrap()),
-            ["[Service]", "RuntimeDirectory=k8s/secrets"]
+            [
+                "[Service]",
+                "ExecStartPre=+/usr/bin/mkdir -p -m 0700 /run/k8s/secrets",
+                "ReadWritePaths=-/run/k8s/secrets"
+            ]
         );
         assert_eq!(
             directives(run.dropin(REFRESH_UNIT_NAME).unwrap()),

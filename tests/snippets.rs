@@ -171,7 +171,10 @@ fn an_output_root_the_units_cannot_write_gets_a_dropin_in_both_renderings() {
     for (settings, boot, refresh) in [
         (
             "output_root = \"/run/k8s/secrets\"",
-            vec!["RuntimeDirectory=k8s/secrets"],
+            vec![
+                "ExecStartPre=+/usr/bin/mkdir -p -m 0700 /run/k8s/secrets",
+                "ReadWritePaths=-/run/k8s/secrets",
+            ],
             vec!["ReadWritePaths=-/run/k8s/secrets"],
         ),
         (

@@ -520,7 +520,7 @@ fn output_root(report: &mut Report, plan: &Plan) {
                 check,
                 Verdict::Warn,
                 format!("{} does not exist yet", root.display()),
-                "bootsecrets.service creates it (RuntimeDirectory=) on its first run",
+                "bootsecrets.service makes it (ExecStartPre=) on its first start",
             );
             return;
         }

@@ -173,7 +173,7 @@ json_key = "password"
 
 
 def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False, sysext=False, recovery=None,
-                    net=NET, files=(), masked=(), manifest_text=None):
+                    net=NET, files=(), masked=(), manifest_text=None, restart_probe=False):
     """files: more (path, text) for the guest; masked: paths Ignition links to /dev/null;
     manifest_text: the manifest, instead of the AWS one."""
     mpath = tmp / "manifest.toml"
@@ -198,6 +198,9 @@ def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False, sysext=
         cfg["storage"]["files"].append({
             "path": "/etc/bootsecrets/credstore.toml", "mode": 0o644,
             "contents": {"source": data_url(credstore_manifest(name, net))}})
+    if restart_probe:
+        cfg["storage"]["files"].append({"path": "/etc/bootsecrets/restart-probe", "mode": 0o644,
+                                        "contents": {"source": data_url("")}})
     for fpath in masked:
         cfg["storage"].setdefault("links", []).append({"path": fpath, "target": "/dev/null", "overwrite": True})
     for fpath, text in files:
@@ -207,7 +210,8 @@ def ignition_config(tmp, name, sha512, deadline=90, refresh_probe=False, sysext=
         # What the person on call does, in order (tests/boot/guest/recovery-probe).
         cfg["storage"]["files"].append({"path": "/etc/bootsecrets/recovery-probe", "mode": 0o644,
                                         "contents": {"source": data_url(recovery + "\n")}})
-    for script in ("kubelet-standin", "boot-report", "refresh-probe", "consumer-standin", "recovery-probe"):
+    for script in ("kubelet-standin", "boot-report", "refresh-probe", "consumer-standin", "recovery-probe",
+                   "restart-probe"):
         cfg["storage"]["files"].append({"path": f"/opt/bin/{script}", "mode": 0o755,
                                         "contents": {"source": data_url((HERE / "guest" / script).read_text())}})
     units = cfg["systemd"]["units"]
@@ -280,6 +284,16 @@ def boot(image, tmp, config, hostports, label, second_boot=False, on_line=None, 
     console = (tmp / f"{label}.console").read_text(errors="replace")
     assert r.returncode == 0, f"qemu: {r.stdout}{r.stderr}\n--- console tail\n{console[-4000:]}"
     return Report(results.read_text(errors="replace"))
+
+
+def tree(lines):
+    """`find -printf '%M %u:%g %P'` lines as {path: (mode, owner)}, version directories named
+    alike (a republished set moves to a new one)."""
+    out = {}
+    for line in lines:
+        mode, owner, *path = line.split(" ", 2)
+        out[re.sub(r"\.\.v-[0-9a-f]+", "..v-*", path[0] if path else "")] = (mode, owner)
+    return out
 
 
 def seed(moto, name, token="boot-token-1", password="boot-pw-1"):
@@ -392,6 +406,38 @@ def test_first_boot_then_second_boot_with_a_rotated_value(images, suite, moto, b
         assert any(j.startswith("skipped kubelet/bootstrap-token: /var/lib/kubelet/kubeconfig exists")
                    for j in rep2.starting("journal-bootsecrets")), rep2
         assert rep2.starting("status-skipped") == ["kubelet/bootstrap-token"], rep2
+    finally:
+        imds.stop()
+
+
+@pytest.mark.parametrize("suite", ["bookworm", "sid"])
+def test_a_restart_of_the_unit_keeps_the_consumers_owners(images, suite, moto, binary_server, tmp_path):
+    """`systemctl restart bootsecrets.service` on a running node, with `root_group` and a file
+    owned by its consumer: what systemd does to the output root before bootsecrets runs (seen by
+    an ExecStartPre= of the unit itself), after a run that succeeds, and after one that fails."""
+    image = images(suite)
+    port, sha512 = binary_server
+    name = f"boot-{uuid.uuid4().hex[:8]}"
+    seed(moto, name)
+    imds = ImdsDouble(moto).start()
+    try:
+        cfg = ignition_config(tmp_path, name, sha512, restart_probe=True)
+        fwd = [(BINARY_GUEST, port), (MOTO_GUEST, moto.port), (IMDS_GUEST, imds.port)]
+        rep = boot(image, tmp_path, cfg, fwd, "restart")
+        assert rep.prop("bootsecrets", "Result") == "success", rep
+        before = rep.starting("restart-before")
+        assert tree(before)[""] == ("drwxr-x---", "root:nogroup"), rep
+        assert tree(before)["..v-*/kubelet/bootstrap-token"] == ("-r--r-----", "nobody:nogroup"), rep
+        # What the unit's own ExecStartPre= saw, after systemd set up the unit and before
+        # bootsecrets ran ("during"); after a run that succeeded; after one that failed (a secret
+        # the backend does not have, exit 1), which publishes nothing; and once recovered. With
+        # RuntimeDirectory= (measured on 252 and 262) the root was 0700 root:root "during" and
+        # every file root:root, and after the failed run the token stayed root:root.
+        for phase in ("restart-during", "restart-after", "failed-during", "failed-after", "recovered"):
+            assert tree(rep.starting(phase)) == tree(before), (phase, rep)
+        assert rep.starting("restart-exit") == ["0"], rep
+        assert rep.starting("failed-restart-exit") != ["0"], rep
+        assert rep.starting("restart-recovered-exit") == ["0"], rep
     finally:
         imds.stop()
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, node_argv
-from support.systemd import verify_stderr
+from support.systemd import add_unit_commands, verify_stderr
 
 UNIT = ROOT / "units" / "bootsecrets.service"
 DROPIN = ROOT / "units" / "kubelet.service.d" / "10-bootsecrets.conf"
@@ -53,6 +53,7 @@ def test_refresh_units_are_as_hardened_and_verify(tmp_path):
         shutil.copy(f, etc)
     (root / "opt/bin").mkdir(parents=True)
     shutil.copy(BIN, root / "opt/bin/bootsecrets")
+    add_unit_commands(root)
     r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", unit.name, timer.name],
                        capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout == "" and verify_stderr(r.stderr) == "", r
@@ -72,6 +73,7 @@ def test_unit_and_dropin_verify_silently(tmp_path):
     (etc / "kubelet.service").write_text("[Unit]\nDescription=kubelet stand-in\n[Service]\nExecStart=/opt/bin/kubelet\n")
     (root / "opt/bin").mkdir(parents=True)
     shutil.copy(BIN, root / "opt/bin/bootsecrets")
+    add_unit_commands(root)
     shutil.copy("/bin/true", root / "opt/bin/kubelet")
     r = subprocess.run(["systemd-analyze", "verify", f"--root={root}", "bootsecrets.service", "kubelet.service"],
                        capture_output=True, text=True)
@@ -306,10 +308,10 @@ OUTPUT_ROOTS = {
     "credstore layout": ('layout = "credstore"\n', None, None),
     "shipped, written out": ('output_root = "/run/credstore/"\n', None, None),
     "under /run": ('output_root = "/run/k8s/secrets"\n',
-                   ["[Service]", "RuntimeDirectory=k8s/secrets"],
+                   ["[Service]", "ExecStartPre=+/usr/bin/mkdir -p -m 0700 /run/k8s/secrets", "ReadWritePaths=-/run/k8s/secrets"],
                    ["[Service]", "ReadWritePaths=-/run/k8s/secrets"]),
     "credstore under /run": ('layout = "credstore"\noutput_root = "/run/creds"\n',
-                             ["[Service]", "RuntimeDirectory=creds"],
+                             ["[Service]", "ExecStartPre=+/usr/bin/mkdir -p -m 0700 /run/creds", "ReadWritePaths=-/run/creds"],
                              ["[Service]", "ReadWritePaths=-/run/creds"]),
     "outside /run": ('output_root = "/srv/bootsecrets"\n',
                      ["[Unit]", "RequiresMountsFor=/srv/bootsecrets", "[Service]", "ReadWritePaths=/srv/bootsecrets"],
@@ -344,6 +346,7 @@ def install_units(root, ign):
             (etc / f"{unit['name']}.d" / d["name"]).write_text(d["contents"])
     (root / "opt/bin").mkdir(parents=True)
     shutil.copy(BIN, root / "opt/bin/bootsecrets")
+    add_unit_commands(root)
     return etc
 
 
@@ -549,6 +552,7 @@ def test_the_units_of_each_install_verify_where_that_install_puts_the_binary(tmp
         (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
         (root / bindir).mkdir(parents=True, exist_ok=True)
         shutil.copy(BIN, root / bindir / "bootsecrets")
+        add_unit_commands(root)
         r = subprocess.run([str(BIN), "units", "--install", install, "--output-dir", str(root / unitdir)],
                            capture_output=True, text=True)
         assert r.returncode == 0 and r.stdout == "" and verify_stderr(r.stderr) == "", r

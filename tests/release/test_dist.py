@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
-from support.systemd import verify_stderr  # noqa: E402
+from support.systemd import add_unit_commands, verify_stderr  # noqa: E402
 VERSION = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
 DIST = Path(os.environ.get("BOOTSECRETS_DIST", ROOT / "dist" / VERSION))
 BIN = f"bootsecrets-{VERSION}-x86_64-linux"
@@ -138,6 +138,7 @@ def test_systemd_accepts_the_merged_units(image, tmp_path):
     shutil.copytree("/usr/lib/systemd/system", merged / "usr/lib/systemd/system", symlinks=True)
     shutil.copytree(root / "usr", merged / "usr", dirs_exist_ok=True)
     (merged / "etc/systemd/system").mkdir(parents=True)
+    add_unit_commands(merged)
     r = subprocess.run(["systemd-analyze", "verify", f"--root={merged}", "bootsecrets.service",
                         "bootsecrets-refresh.service", "bootsecrets-refresh.timer"],
                        capture_output=True, text=True)

@@ -27,3 +27,19 @@ def verify_stderr(stderr: str, version: int | None = None) -> str:
     keys = "|".join(NEWER_KEYS)
     known = re.compile(rf"^\S*bootsecrets\.service:\d+: Unknown key '({keys})' in section \[Service\], ignoring\.$")
     return "".join(line for line in stderr.splitlines(True) if not known.match(line.rstrip("\n")))
+
+
+# The commands the units run besides bootsecrets itself (its ExecStartPre= makes the output
+# directories), which `systemd-analyze verify --root=` looks for in that root.
+UNIT_COMMANDS = ("/usr/bin/mkdir",)
+
+
+def add_unit_commands(root) -> None:
+    """Puts the units' other commands into a root for `systemd-analyze verify --root=`, as the
+    node has them."""
+    import shutil
+    from pathlib import Path
+    for cmd in UNIT_COMMANDS:
+        dst = Path(root) / cmd.lstrip("/")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(cmd, dst)
