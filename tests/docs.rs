@@ -443,3 +443,98 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The exit-code table of docs/cli.md against the code's classes: each class's code has its row,
+/// and the row names the class (1 permanent, 2 invalid, 3 the deadline).
+#[test]
+fn the_exit_code_table_matches_the_error_classes() {
+    use bootsecrets::error::RunError;
+    let doc = read("docs/cli.md");
+    let row = |code: u8| -> String {
+        doc.lines()
+            .find(|l| l.starts_with(&format!("| {code} |")))
+            .unwrap_or_else(|| panic!("no row for exit code {code} in docs/cli.md"))
+            .to_string()
+    };
+    for (e, says) in [
+        (RunError::Failed(anyhow::anyhow!("x")), "a permanent error"),
+        (RunError::Invalid(anyhow::anyhow!("x")), "invalid manifest"),
+        (
+            RunError::DeadlineExceeded(anyhow::anyhow!("x")),
+            "the deadline (`deadline_seconds`) passed while errors were still transient",
+        ),
+    ] {
+        let r = row(e.exit_code());
+        assert!(
+            r.contains(says),
+            "exit {}: {r:?} does not say {says:?}",
+            e.exit_code()
+        );
+    }
+    // Only required secrets decide the code.
+    assert!(row(1).contains("an `optional` secret's failures never decide the code"));
+    assert!(row(0).contains("`doctor`: nothing failed"));
+}
+
+/// The comments of units/bootsecrets.service against the directives they describe: where a
+/// comment states a value, the directive has it.
+#[test]
+fn the_unit_comments_say_what_the_directives_do() {
+    let unit = read("units/bootsecrets.service");
+    let value = |key: &str| -> String {
+        let v: Vec<&str> = unit
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+            .collect();
+        assert!(!v.is_empty(), "units/bootsecrets.service has no {key}=");
+        v.join(" ")
+    };
+    let says = |text: &str| {
+        assert!(
+            unit.contains(text),
+            "the unit's comments no longer say {text:?}"
+        )
+    };
+    let deadline = bootsecrets::plan::DEFAULT_DEADLINE.as_secs();
+    // The timeout above the binary's default deadline, as the comment says.
+    says(&format!(
+        "Above the binary's own deadline ({deadline} s by default)"
+    ));
+    says(&format!(
+        "(settings.deadline_seconds, default\n# {deadline} s)"
+    ));
+    let timeout: u64 = value("TimeoutStartSec").parse().unwrap();
+    assert!(timeout > deadline);
+    // Self-healing: which exits restart, and the delays.
+    says("exit 1 (denied, not found, a bad value) and 2 (an\n# invalid manifest) never do");
+    assert_eq!(value("RestartPreventExitStatus"), "1 2");
+    assert_eq!(value("Restart"), "on-failure");
+    says("the delay grows from 15 s to 5 min over 6 steps");
+    assert_eq!(value("RestartSec"), "15s");
+    assert_eq!(value("RestartMaxDelaySec"), "5min");
+    assert_eq!(value("RestartSteps"), "6");
+    assert_eq!(value("RestartMode"), "direct");
+    // One capability.
+    says("Only CAP_CHOWN");
+    assert_eq!(value("CapabilityBoundingSet"), "CAP_CHOWN");
+    assert_eq!(value("AmbientCapabilities"), "");
+    // The output directories: made by mkdir with mode 0700, writable, not RuntimeDirectory=.
+    says("makes them on the first start (mode 0700)");
+    assert_eq!(
+        value("ExecStartPre"),
+        "+/usr/bin/mkdir -p -m 0700 /run/bootsecrets /run/credstore"
+    );
+    assert_eq!(value("ReadWritePaths"), "-/run/bootsecrets -/run/credstore");
+    assert!(!unit.contains("\nRuntimeDirectory="));
+    // A private /dev, /tmp and /var/tmp; no core dumps; files private until their mode is set.
+    says("A private /dev with only the pseudo-devices");
+    assert_eq!(value("PrivateDevices"), "yes");
+    assert_eq!(value("PrivateTmp"), "yes");
+    says("No core dumps");
+    assert_eq!(value("LimitCORE"), "0");
+    says("private until it sets their final mode");
+    assert_eq!(value("UMask"), "0077");
+    // The journal: the native protocol first, stderr the fallback.
+    says("journal's native socket");
+    assert_eq!(value("StandardError"), "journal");
+}
