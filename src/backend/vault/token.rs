@@ -95,18 +95,18 @@ pub fn invalid_message(token_file: &str, base: &str) -> String {
     )
 }
 
+/// The permanent failure of a token Vault does not know.
+fn unknown(token_file: &str, api: &Api) -> FetchError {
+    FetchError::permanent(invalid_message(token_file, api.base_url()))
+}
+
 /// One lookup attempt (`auth/token/lookup-self`); the caller retries transient errors.
 pub async fn look_up(api: &Api, token_file: &str) -> Result<Lookup, FetchError> {
     let what = "looking up the token (auth/token/lookup-self)";
     let resp = api.get("auth/token/lookup-self", what).await?;
     match resp.code {
         200 => {}
-        403 if invalid_token(&resp.errors()) => {
-            return Err(FetchError::permanent(invalid_message(
-                token_file,
-                api.base_url(),
-            )));
-        }
+        403 if invalid_token(&resp.errors()) => return Err(unknown(token_file, api)),
         403 => {
             return Ok(Lookup::Unknown(
                 "the token's policies do not allow `read` on auth/token/lookup-self (the default \
@@ -157,12 +157,7 @@ pub async fn renew(
         .await?;
     match resp.code {
         200 => {}
-        403 if invalid_token(&resp.errors()) => {
-            return Err(FetchError::permanent(invalid_message(
-                token_file,
-                api.base_url(),
-            )));
-        }
+        403 if invalid_token(&resp.errors()) => return Err(unknown(token_file, api)),
         _ => {
             let e = resp.quoting_error(what);
             if e.class == crate::error::Class::Transient {
