@@ -69,8 +69,28 @@ pub fn backoff(attempt: u32, hint: Option<Duration>) -> Duration {
 }
 
 /// Runs `op` until it succeeds, fails permanently, or `deadline` passes. Each attempt is itself
-/// cut off at the deadline, so a hung connection cannot outlive it.
-pub async fn retry<T, F, Fut>(what: &str, deadline: &Deadline, mut op: F) -> Result<T, RetryError>
+/// cut off at the deadline, so a hung connection cannot outlive it. Each transient failure is a
+/// warning.
+pub async fn retry<T, F, Fut>(what: &str, deadline: &Deadline, op: F) -> Result<T, RetryError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T, FetchError>>,
+{
+    retry_observed(what, deadline, None, op).await
+}
+
+/// What [`retry_observed`] hands each transient failure to, with the pause before the next attempt.
+pub type Observer<'a> = &'a (dyn Fn(&FetchError, Duration) + Sync);
+
+/// [`retry`], with each transient failure logged at debug and handed to `observe` with the pause
+/// before the next attempt (which logs what a reader needs: see `crate::runner`'s backend
+/// health). `None`: each is a warning.
+pub async fn retry_observed<T, F, Fut>(
+    what: &str,
+    deadline: &Deadline,
+    observe: Option<Observer<'_>>,
+    mut op: F,
+) -> Result<T, RetryError>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T, FetchError>>,
@@ -110,7 +130,7 @@ where
         if err.class == Class::Permanent {
             return Err(RetryError::Permanent(err));
         }
-        last = err.message;
+        last = err.message.clone();
         let remaining = deadline.remaining();
         let mut pause = backoff(attempt, err.retry_after);
         if pause + FINAL_ATTEMPT > remaining {
@@ -126,10 +146,17 @@ where
             last_chance_taken = true;
             pause = remaining - FINAL_ATTEMPT;
         }
-        log::warn!(
+        let line = format!(
             "{what}: {last} (attempt {attempt}, transient); retrying in {} ms",
             pause.as_millis()
         );
+        match observe {
+            Some(observe) => {
+                log::debug!("{line}");
+                observe(&err, pause);
+            }
+            None => log::warn!("{line}"),
+        }
         tokio::time::sleep(pause).await;
     }
 }

@@ -7,7 +7,7 @@ use crate::error::{FetchError, RunError};
 use crate::extract;
 use crate::governor::Governor;
 use crate::plan::{Plan, SecretPlan};
-use crate::retry::{Deadline, RetryError, retry};
+use crate::retry::{Deadline, RetryError, retry_observed};
 use crate::secret::Secret;
 use anyhow::anyhow;
 use futures_util::{StreamExt, stream};
@@ -98,16 +98,73 @@ pub fn skipped(plan: &Plan) -> Vec<(usize, PathBuf)> {
         .collect()
 }
 
+/// A backend's state as the run's log tells it while its secrets are fetched: one warning when
+/// its requests start failing transiently for a cause (Vault sealed, unreachable, a 5xx), one
+/// more when the cause changes, and one line when it answers again; each request's attempts are
+/// at `-v`. Twenty fetches during a six-second seal say so twice, not a hundred times.
+struct Health {
+    backend: String,
+    /// The cause being reported, and since when.
+    state: std::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl Health {
+    fn new(backend: &str) -> Self {
+        Health {
+            backend: backend.to_string(),
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The cause of a request's failure without the request: a message reads `<request>: <cause>`.
+    fn cause(e: &FetchError) -> &str {
+        e.message
+            .split_once(": ")
+            .map(|(_, c)| c)
+            .unwrap_or(&e.message)
+    }
+
+    /// A transient failure of `secret`'s request.
+    fn failed(&self, secret: &str, e: &FetchError, pause: Duration) {
+        let cause = Self::cause(e);
+        let mut state = self.state.lock().unwrap();
+        if state.as_ref().is_some_and(|(c, _)| c == cause) {
+            return;
+        }
+        log::warn!(
+            backend = self.backend.as_str();
+            "backend `{}`: {cause} (transient, first for secret `{secret}`); its requests are \
+             retried within the deadline, retrying in {} ms (each attempt at -v)",
+            self.backend,
+            pause.as_millis()
+        );
+        *state = Some((cause.to_string(), Instant::now()));
+    }
+
+    fn answered(&self) {
+        if let Some((cause, since)) = self.state.lock().unwrap().take() {
+            log::info!(
+                backend = self.backend.as_str();
+                "backend `{}` answers again, after {:.1} s of: {cause}",
+                self.backend,
+                since.elapsed().as_secs_f64()
+            );
+        }
+    }
+}
+
 async fn fetch_one(
     index: usize,
     s: &SecretPlan,
-    (backend, governor): (&Backend, &Governor),
+    (backend, governor, health): (&Backend, &Governor, &Health),
     deadline: &Deadline,
     max_secret: u64,
 ) -> Result<Done, RunError> {
     let start = Instant::now();
     let label = secret_label(s);
-    let Fetched { value, version } = retry(&label, deadline, |_| async {
+    let path = s.path.to_string();
+    let observe = |e: &FetchError, pause: Duration| health.failed(&path, e, pause);
+    let fetched = retry_observed(&label, deadline, Some(&observe), |_| async {
         // The governor paces every request to this backend (src/governor.rs); the retry loop's
         // own backoff runs from the same instant, so the wait is the longer of the two.
         let _permit = governor.admit().await;
@@ -119,8 +176,11 @@ async fn fetch_one(
         }
         r
     })
-    .await
-    .map_err(|e| retry_failure(label.clone(), e))?;
+    .await;
+    if fetched.is_ok() {
+        health.answered();
+    }
+    let Fetched { value, version } = fetched.map_err(|e| retry_failure(label.clone(), e))?;
     let value = extract::transform(value, s.json_key.as_deref(), s.encoding)
         .map_err(|e| RunError::Failed(anyhow!("{label}: {e}")))?;
     if value.len() as u64 > max_secret {
@@ -240,12 +300,17 @@ pub async fn connect_and_fetch(
         .keys()
         .map(|&name| (name, Governor::new(plan.concurrency)))
         .collect();
+    let health: BTreeMap<&str, Health> = backends
+        .keys()
+        .map(|&name| (name, Health::new(name)))
+        .collect();
     let results: Vec<(usize, Result<Done, RunError>)> = stream::iter(fetchable)
         .map(|i| {
             let s = &plan.secrets[i];
             let backend = (
                 &backends[s.backend.as_str()],
                 &governors[s.backend.as_str()],
+                &health[s.backend.as_str()],
             );
             async move {
                 (

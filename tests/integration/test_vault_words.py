@@ -42,3 +42,42 @@ def test_a_kv_reads_answer_is_never_quoted(bao, outdir, credfile, bootsecrets):
                                    [{"path": "v", "ref": "k", "mount": mount, "kv_version": 2}]))
     assert r.code == 1 and "permission denied (403)" in r.stderr, r
     assert "Vault said" not in r.stderr, r.stderr
+
+
+def test_a_seal_during_the_fetches_is_one_line_each_way(bao, outdir, credfile, bootsecrets,
+                                                         fault_proxy):
+    """Twenty fetches while Vault answers `sealed` for four seconds: one warning when the backend
+    starts failing, one line when it answers again; each request's attempts only at -v."""
+    from support.faults import Respond
+
+    mount = f"kv-{uuid.uuid4().hex[:8]}"
+    bao.enable_kv(mount, 2)
+    for i in range(20):
+        bao.put(mount, f"s{i}", {"v": f"value-{i}"})
+    bao.read_policy(mount, f"{mount}/data/*")
+    tok = bao.token([mount])
+    auth = {"method": "token", "token_file": str(credfile("t", tok))}
+    secrets = [{"path": f"s{i}", "ref": f"s{i}", "mount": mount, "kv_version": 2, "field": "v"}
+               for i in range(20)]
+    for verbose in (False, True):
+        p = fault_proxy(bao.url)
+        sealed = p.inject(Respond(503, b'{"errors":["Vault is sealed"]}',
+                                  [("Content-Type", "application/json")]),
+                          method="GET", path=f"^/v1/{mount}/data/", window=(0, 4))
+        m = vault_manifest(outdir, p.url, auth, secrets, settings="deadline_seconds = 30")
+        r = bootsecrets(m, *(["-v"] if verbose else []))
+        assert r.code == 0, r
+        assert sealed.applied > 20, sealed
+        assert (outdir / "s7").read_bytes() == b"value-7"
+        warnings = [line for line in r.stderr.splitlines()
+                    if "warning:" in line and "Vault is sealed (503)" in line]
+        assert len(warnings) == 1, r.stderr
+        assert "backend `vault`: " in warnings[0] and "retrying in " in warnings[0], warnings
+        back = [line for line in r.stderr.splitlines() if "answers again" in line]
+        assert len(back) == 1 and "Vault is sealed (503)" in back[0], r.stderr
+        per_request = [line for line in r.stderr.splitlines()
+                       if "(attempt " in line and "Vault is sealed" in line]
+        if verbose:
+            assert len(per_request) >= 20, r.stderr
+        else:
+            assert per_request == [], r.stderr
