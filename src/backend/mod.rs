@@ -396,28 +396,7 @@ impl Backend {
     pub fn placed_token(&self, name: &str) -> Option<crate::status::TokenStatus> {
         match self {
             #[cfg(feature = "vault")]
-            Backend::Vault(b) => {
-                use vault::token::Lookup;
-                let (file, lookup) = b.token_life()?;
-                let mut st = crate::status::TokenStatus {
-                    backend: name.to_string(),
-                    token_file: file.to_string(),
-                    renewable: None,
-                    renewed: false,
-                    ttl_s: None,
-                    expires: None,
-                    period_s: None,
-                    note: b.diagnose().into_iter().next(),
-                };
-                if let Lookup::Known(life) = lookup {
-                    st.renewable = Some(life.renewable);
-                    st.renewed = life.renewed;
-                    st.ttl_s = life.ttl.map(|t| t.as_secs());
-                    st.expires = life.expires().map(crate::status::rfc3339);
-                    st.period_s = life.period.map(|p| p.as_secs());
-                }
-                Some(st)
-            }
+            Backend::Vault(b) => b.token_status(name),
             #[allow(unreachable_patterns)]
             _ => {
                 let _ = name;

@@ -106,13 +106,20 @@ struct Health {
     backend: String,
     /// The cause being reported, and since when.
     state: std::sync::Mutex<Option<(String, Instant)>>,
+    /// The cause that last cleared, and when: a request sent before the backend answered again
+    /// may still fail with it, which is not news.
+    cleared: std::sync::Mutex<Option<(String, Instant)>>,
 }
+
+/// How long after a backend answered again a failure with the old cause counts as a straggler.
+const STRAGGLERS: Duration = Duration::from_secs(2);
 
 impl Health {
     fn new(backend: &str) -> Self {
         Health {
             backend: backend.to_string(),
             state: std::sync::Mutex::new(None),
+            cleared: std::sync::Mutex::new(None),
         }
     }
 
@@ -131,6 +138,15 @@ impl Health {
         if state.as_ref().is_some_and(|(c, _)| c == cause) {
             return;
         }
+        let straggler = self
+            .cleared
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|(c, at)| c == cause && at.elapsed() < STRAGGLERS);
+        if straggler {
+            return;
+        }
         log::warn!(
             backend = self.backend.as_str();
             "backend `{}`: {cause} (transient, first for secret `{secret}`); its requests are \
@@ -143,6 +159,7 @@ impl Health {
 
     fn answered(&self) {
         if let Some((cause, since)) = self.state.lock().unwrap().take() {
+            *self.cleared.lock().unwrap() = Some((cause.clone(), Instant::now()));
             log::info!(
                 backend = self.backend.as_str();
                 "backend `{}` answers again, after {:.1} s of: {cause}",

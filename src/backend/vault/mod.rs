@@ -449,9 +449,24 @@ impl VaultBackend {
         self.diagnose()
     }
 
-    /// A placed token's life as this connection knows it (after the run's renewal, if any).
-    pub fn token_life(&self) -> Option<(&str, &token::Lookup)> {
-        self.placed.as_ref().map(|(f, l)| (f.as_str(), l))
+    /// A placed token's life as the status file records it, after the run's renewal (its `note`
+    /// the warning it deserves, if any).
+    pub fn token_status(&self, name: &str) -> Option<crate::status::TokenStatus> {
+        let (file, lookup) = self.placed.as_ref()?;
+        let life = match lookup {
+            token::Lookup::Known(life) => Some(life),
+            token::Lookup::Unknown(_) => None,
+        };
+        Some(crate::status::TokenStatus {
+            backend: name.to_string(),
+            token_file: file.clone(),
+            renewable: life.map(|l| l.renewable),
+            renewed: life.is_some_and(|l| l.renewed),
+            ttl_s: life.and_then(|l| l.ttl).map(|t| t.as_secs()),
+            expires: life.and_then(|l| l.expires()).map(crate::status::rfc3339),
+            period_s: life.and_then(|l| l.period).map(|p| p.as_secs()),
+            note: self.diagnose().into_iter().next(),
+        })
     }
 
     /// Problems `doctor` (and a run, as warnings) can see in the identity: a placed token near
