@@ -34,11 +34,12 @@ def ttl_of(bao, token):
 def test_a_periodic_token_lives_while_the_node_runs_within_each_period(
         bao, outdir, credfile, bootsecrets):
     mount = kv_mount(bao)
-    tok = bao.token([mount], ttl=None, period="4s", orphan=True)
+    tok = bao.token([mount], ttl=None, period="8s", orphan=True)
     tf = credfile("token", tok + "\n")
     m = manifest(outdir, bao, tf, mount)
-    # Five runs 2.5 s apart: 10 s, more than twice the period. Without the renewal the token
-    # dies 4 s after it was minted and the third run fails.
+    # Five runs 4 s apart: 16 s, twice the period. Without the renewal the token dies 8 s after
+    # it was minted and the third run fails. (The gaps leave a loaded machine room: a token
+    # looked up in its last second answers `ttl: 0` and must still be renewed.)
     for i in range(5):
         started = time.monotonic()
         r = bootsecrets(m)
@@ -46,17 +47,17 @@ def test_a_periodic_token_lives_while_the_node_runs_within_each_period(
         t = status(outdir)["run"]["tokens"]
         assert len(t) == 1 and t[0]["backend"] == "vault" and t[0]["token_file"] == str(tf), t
         assert t[0]["renewable"] is True and t[0]["renewed"] is True, t
-        assert t[0]["period_s"] == 4 and t[0]["ttl_s"] == 4, t
+        assert t[0]["period_s"] == 8 and t[0]["ttl_s"] == 8, t
         assert t[0]["expires"].endswith("Z"), t
         # Less than a day left: the warning says what a node that does not run in time meets.
-        assert "expires in 4 s" in r.stderr and "does not run for 4 s" in r.stderr and \
+        assert "expires in 8 s" in r.stderr and "does not run for 8 s" in r.stderr and \
             "fails closed until a new token is placed" in r.stderr, r.stderr
-        assert t[0]["note"] and "expires in 4 s" in t[0]["note"], t
-        time.sleep(max(0.0, 2.5 - (time.monotonic() - started)))
+        assert t[0]["note"] and "expires in 8 s" in t[0]["note"], t
+        time.sleep(max(0.0, 4.0 - (time.monotonic() - started)))
     assert published(outdir)["s0"].read_bytes() == b"value-1"
     # A node that does not run for longer than the period: the token is gone, and the run says
     # so once for the backend, naming the file and what to do, not a denial per secret.
-    time.sleep(5)
+    time.sleep(9)
     r = bootsecrets(m)
     assert r.code == 1, r
     assert f"the token in {tf} is not valid at {bao.url}: Vault does not know it" in r.stderr, \

@@ -124,14 +124,24 @@ pub async fn look_up(api: &Api, token_file: &str) -> Result<Lookup, FetchError> 
         .ok_or_else(|| {
             FetchError::permanent(format!("{what}: Vault's answer is not a token lookup"))
         })?;
-    Ok(Lookup::Known(TokenLife {
+    Ok(Lookup::Known(life_of(&data, SystemTime::now())))
+}
+
+/// A lookup's answer as a token's life. Vault counts the TTL in whole seconds, so a token looked
+/// up in its last second answers `ttl: 0`, as a token that never expires (a root token) does; only
+/// a token with neither a period nor a creation TTL is one that never expires.
+fn life_of(data: &LookupData, at: SystemTime) -> TokenLife {
+    let period = data.period.filter(|&p| p > 0).map(Duration::from_secs);
+    let creation_ttl = (data.creation_ttl > 0).then(|| Duration::from_secs(data.creation_ttl));
+    let expires = data.ttl > 0 || period.is_some() || creation_ttl.is_some();
+    TokenLife {
         renewable: data.renewable,
-        ttl: (data.ttl > 0).then(|| Duration::from_secs(data.ttl)),
-        period: data.period.filter(|&p| p > 0).map(Duration::from_secs),
-        creation_ttl: (data.creation_ttl > 0).then(|| Duration::from_secs(data.creation_ttl)),
+        ttl: expires.then(|| Duration::from_secs(data.ttl)),
+        period,
+        creation_ttl,
         renewed: false,
-        at: SystemTime::now(),
-    }))
+        at,
+    }
 }
 
 /// Whether a run renews a token with this life: renewable, and with a TTL to extend.
@@ -174,7 +184,8 @@ pub async fn renew(
         })?;
     Ok(Ok(TokenLife {
         renewable: auth.renewable,
-        ttl: (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
+        ttl: (auth.lease_duration > 0 || before.ttl.is_some())
+            .then(|| Duration::from_secs(auth.lease_duration)),
         period: before.period,
         creation_ttl: before.creation_ttl,
         renewed: true,
@@ -311,6 +322,41 @@ mod tests {
             renewed: false,
             at: SystemTime::UNIX_EPOCH,
         }
+    }
+
+    fn looked_up(renewable: bool, ttl: u64, period: Option<u64>, creation_ttl: u64) -> TokenLife {
+        let data = LookupData {
+            renewable,
+            ttl,
+            period,
+            creation_ttl,
+        };
+        life_of(&data, SystemTime::UNIX_EPOCH)
+    }
+
+    #[test]
+    fn a_token_looked_up_in_its_last_second_is_renewed_not_taken_for_immortal() {
+        // Vault rounds the TTL down to whole seconds: `ttl: 0` with a period or a creation TTL is
+        // a token about to expire.
+        let periodic = looked_up(true, 0, Some(6), 0);
+        assert_eq!(periodic.ttl, Some(Duration::ZERO));
+        assert!(wants_renewal(&periodic));
+        assert!(
+            periodic.left().starts_with("expires in 0 s"),
+            "{}",
+            periodic.left()
+        );
+        let ttl_token = looked_up(true, 0, None, 600);
+        assert!(wants_renewal(&ttl_token));
+        // A root token: no TTL, no period, no creation TTL, not renewable.
+        let root = looked_up(false, 0, Some(0), 0);
+        assert_eq!(root.ttl, None);
+        assert!(!wants_renewal(&root));
+        assert_eq!(root.left(), "never expires");
+        assert_eq!(
+            looked_up(true, 5, Some(6), 0).ttl,
+            Some(Duration::from_secs(5))
+        );
     }
 
     #[test]
