@@ -140,6 +140,9 @@ fn identity_hint(message: &str) -> &'static str {
     } else if has("metadata server") || has("Metadata-Flavor") {
         "the GCE metadata server (metadata.google.internal) must be reachable, without a proxy, \
          and the instance must have a service account"
+    } else if has("its use limit spent") {
+        "the token from the Vault login ran out during the run: the role's token_num_uses must be \
+         0 or cover a run's requests, and its token_ttl the run"
     } else if has("Vault does not know it") {
         "the token in token_file has expired or was revoked: place a new one (a periodic token \
          lives as long as the node runs at least once per period)"

@@ -88,8 +88,8 @@ def test_vault_denied_and_missing_name_the_vault_and_the_policy_path(bao, outdir
     r = bootsecrets(vault_manifest(outdir, bao.url, auth, [
         {"path": "f", "ref": "node/db", "mount": mount, "kv_version": 2}]))
     assert r.code == 1, r
-    assert (f"permission denied (403): the token is invalid or its policies do not allow this at "
-            f"{bao.url}: the token's policies must grant `read` on `{mount}/data/node/db`") in r.stderr, r
+    assert (f"permission denied (403) at {bao.url}: the token is valid, but its policies must "
+            f"grant `read` on `{mount}/data/node/db`") in r.stderr, r
     bao.read_policy(mount, f"{mount}/data/*")
     tok = bao.token([mount])
     auth = {"method": "token", "token_file": str(credfile("t2", tok + "\n"))}

@@ -81,3 +81,43 @@ def test_a_seal_during_the_fetches_is_one_line_each_way(bao, outdir, credfile, b
             assert len(per_request) >= 20, r.stderr
         else:
             assert per_request == [], r.stderr
+
+
+def test_a_token_that_runs_out_during_the_run_is_told_from_a_policy_denial(
+        bao, outdir, credfile, bootsecrets):
+    """A 403 is asked about once (auth/token/lookup-self): a token Vault no longer knows (here an
+    AppRole token whose `token_num_uses` is spent after two reads) says so, with the role settings
+    to fix; a valid token that its policies do not allow says that, with the policy to write."""
+    mount = f"kv-{uuid.uuid4().hex[:8]}"
+    bao.enable_kv(mount, 2)
+    for i in range(3):
+        bao.put(mount, f"s{i}", {"v": f"value-{i}"})
+    bao.read_policy(mount, f"{mount}/data/s0", f"{mount}/data/s1", f"{mount}/data/s2")
+    secrets = [{"path": f"s{i}", "ref": f"s{i}", "mount": mount, "kv_version": 2, "field": "v"}
+               for i in range(3)]
+    # One at a time: the first two reads spend the token's two uses, the third meets a token
+    # Vault has already revoked.
+    settings = "concurrency = 1"
+    role_mount, role_id, secret_id = approle(bao, token_policies=[mount], token_num_uses=2)
+    auth = {"method": "approle", "mount": role_mount, "role_id": role_id,
+            "secret_id_file": str(credfile("sid", secret_id))}
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, secrets, settings=settings,
+                                   backend_extra="revoke_token = false"))
+    assert r.code == 1, r
+    assert (f"the token from the approle login is no longer valid at {bao.url}: Vault does not "
+            "know it (expired, revoked, or its use limit spent): a role's `token_num_uses` must "
+            "be 0") in r.stderr, r.stderr
+    assert "policies must grant" not in r.stderr, r.stderr
+    assert r.stderr.count("is no longer valid") == 1, r.stderr
+    assert secret_id not in r.output
+
+    # The same reads with a token that is valid but may read only s0: the policy is named.
+    bao.read_policy(mount + "-s0", f"{mount}/data/s0")
+    role_mount, role_id, secret_id = approle(bao, token_policies=[mount + "-s0"])
+    auth = {"method": "approle", "mount": role_mount, "role_id": role_id,
+            "secret_id_file": str(credfile("sid2", secret_id))}
+    r = bootsecrets(vault_manifest(outdir, bao.url, auth, secrets, settings=settings))
+    assert r.code == 1, r
+    assert (f"permission denied (403) at {bao.url}: the token is valid, but its policies must "
+            f"grant `read` on `{mount}/data/s1`") in r.stderr, r.stderr
+    assert "is no longer valid" not in r.stderr and "is invalid or" not in r.stderr, r.stderr

@@ -282,6 +282,20 @@ pub struct VaultBackend {
     mounts: Mutex<Vec<(String, u8)>>,
     /// Held while detecting, so that the first concurrent fetches under one mount ask once.
     detecting: tokio::sync::Mutex<()>,
+    /// What `auth/token/lookup-self` said of the token after the run's first 403: asked once,
+    /// to tell a token Vault no longer knows from a policy that does not allow the read.
+    standing: tokio::sync::OnceCell<Standing>,
+}
+
+/// A token's standing after a permission denial.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Standing {
+    /// Vault knows it: the denial is its policies'.
+    Valid,
+    /// Vault does not know it (expired, revoked, its use limit spent).
+    Invalid,
+    /// The lookup was not allowed or did not answer: either could be true.
+    Unknown,
 }
 
 /// Whether the path `full` lies in the mount `mount` (a whole-segment prefix).
@@ -403,6 +417,7 @@ impl VaultBackend {
             cert_warning,
             mounts: Mutex::new(Vec::new()),
             detecting: tokio::sync::Mutex::new(()),
+            standing: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -592,6 +607,14 @@ impl VaultBackend {
             .api
             .get(&format!("sys/internal/ui/mounts/{full}"), &what)
             .await?;
+        if resp.code == 403 {
+            let policy = format!("`sys/internal/ui/mounts/{full}`");
+            let mut e = self.denied(&resp, &what, &policy).await;
+            if self.standing.get() != Some(&Standing::Invalid) {
+                e.message += "; or set `mount` and `kv_version` on the secret to skip detection";
+            }
+            return Err(e);
+        }
         if resp.status != Status::Ok {
             let mut e = resp.quoting_error(&what);
             if e.class == crate::error::Class::Permanent {
@@ -631,22 +654,77 @@ impl VaultBackend {
         Ok((mount, version))
     }
 
-    /// A failed KV read, with what it takes to fix it: which Vault, and the policy path the token
-    /// needs `read` on (for KV v2 the `data/` path, which is what a policy must name).
-    fn read_error(&self, resp: &http::Response, what: &str, url_path: &str) -> FetchError {
-        let mut e = resp.error(what);
-        let path = url_path.split('?').next().unwrap_or(url_path);
-        let at = match &self.namespace {
+    /// The Vault requests go to, for messages: its address and namespace.
+    fn at(&self) -> String {
+        match &self.namespace {
             Some(n) => format!("{} (namespace `{n}`)", self.api.base_url()),
             None => self.api.base_url().to_string(),
-        };
-        match resp.code {
-            403 => {
-                e.message += &format!(
-                    " at {at}: the token's policies must grant `read` on `{path}` (a policy \
-                     `path \"{path}\" {{ capabilities = [\"read\"] }}`)"
-                )
+        }
+    }
+
+    /// The token's standing, asked of Vault once per run (`auth/token/lookup-self`, one attempt:
+    /// it only chooses between two messages), on the first 403.
+    async fn standing(&self) -> Standing {
+        *self
+            .standing
+            .get_or_init(|| async {
+                let what = "looking up the token after a denial (auth/token/lookup-self)";
+                match self.api.get("auth/token/lookup-self", what).await {
+                    Ok(r) if r.code == 200 => Standing::Valid,
+                    Ok(r) if r.code == 403 && token::invalid_token(&r.errors()) => {
+                        Standing::Invalid
+                    }
+                    _ => Standing::Unknown,
+                }
+            })
+            .await
+    }
+
+    /// A 403, told apart: a token Vault no longer knows (what to do about the token), or a
+    /// policy that does not grant `read` on `policy_path` (the policy to write).
+    async fn denied(&self, resp: &http::Response, what: &str, policy_path: &str) -> FetchError {
+        let at = self.at();
+        let grant = format!(
+            "its policies must grant `read` on {policy_path} (a policy `path \"{}\" {{ \
+             capabilities = [\"read\"] }}`)",
+            policy_path.trim_matches('`')
+        );
+        let message = match self.standing().await {
+            Standing::Valid => {
+                format!("{what}: permission denied (403) at {at}: the token is valid, but {grant}")
             }
+            Standing::Invalid => match &self.placed {
+                Some((file, _)) => format!(
+                    "{what}: {}",
+                    token::invalid_message(file, &at).replace("is not valid", "is no longer valid")
+                ),
+                None => format!(
+                    "{what}: the token from the {} login is no longer valid at {at}: Vault does \
+                     not know it (expired, revoked, or its use limit spent): a role's \
+                     `token_num_uses` must be 0 or cover every request of a run (one per secret, \
+                     one per KV mount detected, one to revoke it), and its `token_ttl` the run",
+                    self.method
+                ),
+            },
+            Standing::Unknown => {
+                format!("{what}: permission denied (403) at {at}: the token is invalid or {grant}")
+            }
+        };
+        let mut e = resp.error(what);
+        e.message = message;
+        e
+    }
+
+    /// A failed KV read, with what it takes to fix it: which Vault, and the policy path the token
+    /// needs `read` on (for KV v2 the `data/` path, which is what a policy must name).
+    async fn read_error(&self, resp: &http::Response, what: &str, url_path: &str) -> FetchError {
+        let path = url_path.split('?').next().unwrap_or(url_path);
+        if resp.code == 403 {
+            return self.denied(resp, what, &format!("`{path}`")).await;
+        }
+        let mut e = resp.error(what);
+        let at = self.at();
+        match resp.code {
             404 => {
                 e.message += &format!(" at {at}: no secret at `{path}`; check `ref` (and `mount`)")
             }
@@ -698,7 +776,11 @@ impl VaultBackend {
                      without reading it (a run needs only `read` on `{mount}/data/{inner}`)"
                 )));
             }
-            _ => return Err(self.read_error(&resp, &what, &format!("{mount}/data/{inner}"))),
+            _ => {
+                return Err(self
+                    .read_error(&resp, &what, &format!("{mount}/data/{inner}"))
+                    .await);
+            }
         }
         #[derive(serde::Deserialize)]
         struct Meta {
@@ -763,7 +845,7 @@ impl VaultBackend {
         let (data, version) = match kv {
             1 => {
                 if resp.status != Status::Ok {
-                    return Err(self.read_error(&resp, &what, &url_path));
+                    return Err(self.read_error(&resp, &what, &url_path).await);
                 }
                 let b: KvBody<'_> = serde_json::from_slice(body).map_err(|_| unreadable())?;
                 (b.data, None)
@@ -791,7 +873,7 @@ impl VaultBackend {
                             )));
                         }
                     }
-                    return Err(self.read_error(&resp, &what, &url_path));
+                    return Err(self.read_error(&resp, &what, &url_path).await);
                 }
                 let inner = inner.ok_or_else(unreadable)?;
                 (
