@@ -40,8 +40,8 @@ pub fn json_key(value: &Secret, key: &str) -> Result<Secret, String> {
         serde_json::from_slice(value.expose()).map_err(|e| json_error(&e))?;
     let raw = map.get(key).ok_or_else(|| {
         format!(
-            "the secret's JSON object has no key `{key}` ({} key(s) present)",
-            map.len()
+            "the secret's JSON object has no key `{key}` ({})",
+            key_names(map.keys())
         )
     })?;
     let text = raw.get();
@@ -55,6 +55,32 @@ pub fn json_key(value: &Secret, key: &str) -> Result<Secret, String> {
     } else {
         Ok(Secret::new(text.as_bytes().to_vec()))
     }
+}
+
+/// The keys an object has, for a message: names, never values (at most 20, each at most 64
+/// characters, control characters replaced).
+fn key_names<'a>(keys: impl ExactSizeIterator<Item = &'a String>) -> String {
+    let n = keys.len();
+    if n == 0 {
+        return "it has no keys".to_string();
+    }
+    let names: Vec<String> = keys
+        .take(20)
+        .map(|k| {
+            let k: String = k
+                .chars()
+                .take(64)
+                .map(|c| if c.is_control() || c == '`' { '?' } else { c })
+                .collect();
+            format!("`{k}`")
+        })
+        .collect();
+    let more = if n > 20 {
+        format!(" and {} more", n - 20)
+    } else {
+        String::new()
+    };
+    format!("keys present: {}{more}", names.join(", "))
 }
 
 fn hex4(b: &[u8]) -> Option<u32> {

@@ -23,6 +23,7 @@ pub mod runner;
 pub mod secret;
 pub mod settings;
 pub mod status;
+pub mod template;
 pub mod units;
 pub mod varlink;
 pub mod writer;

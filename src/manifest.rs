@@ -20,6 +20,9 @@ pub struct Manifest {
     /// `[[secret]]` entries.
     #[serde(default)]
     pub secret: Vec<SecretEntry>,
+    /// `[[template]]` entries: files assembled from secrets.
+    #[serde(default)]
+    pub template: Vec<TemplateEntry>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +205,21 @@ pub struct SecretEntry {
     pub kv_version: Option<u8>,
     pub json_key: Option<String>,
     pub encoding: Option<String>,
+    pub mode: Option<String>,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub on_change: Option<Vec<String>>,
+    pub unless_exists: Option<String>,
+    pub optional: Option<bool>,
+}
+
+/// `[[template]]`: a file whose text is written with placeholders for secrets' values.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateEntry {
+    pub path: String,
+    pub format: String,
+    pub text: String,
     pub mode: Option<String>,
     pub owner: Option<String>,
     pub group: Option<String>,

@@ -71,6 +71,22 @@ pub struct SecretPlan {
     pub optional: bool,
 }
 
+/// A file assembled from secrets (`[[template]]`): written in the same set as the secrets, with
+/// its own mode and owner, once the secrets it uses are fetched.
+#[derive(Debug)]
+pub struct TemplatePlan {
+    pub path: RelPath,
+    pub template: crate::template::Template,
+    /// The secrets it uses (indexes into `Plan::secrets`), each once.
+    pub uses: Vec<usize>,
+    pub mode: u32,
+    pub owner: Principal,
+    pub group: Principal,
+    pub on_change: Option<Vec<String>>,
+    pub unless_exists: Option<PathBuf>,
+    pub optional: bool,
+}
+
 /// The secrets that use one backend in a run, by kind of need (indexes into `Plan::secrets`).
 #[derive(Debug, Default)]
 pub struct Need {
@@ -103,6 +119,7 @@ pub struct Plan {
     /// The files each backend reads on the node when it connects ([`Plan::check_files`]).
     pub files: BTreeMap<String, Vec<crate::credfile::NodeFile>>,
     pub secrets: Vec<SecretPlan>,
+    pub templates: Vec<TemplatePlan>,
     /// Not errors, but worth telling the operator (printed by `check` and `run -v`).
     pub warnings: Vec<String>,
 }
@@ -514,8 +531,49 @@ impl Plan {
                 Err(errs) => errors.extend(errs.into_iter().map(|e| format!("{label}: {e}"))),
             }
         }
+        let mut templates = Vec::new();
+        for (i, e) in m.template.iter().enumerate() {
+            let label = format!("template #{} (path `{}`)", i + 1, e.path);
+            match plan_template(e, &secrets, default_mode, &default_owner, &default_group) {
+                Ok(tp) => {
+                    if let Some(j) = seen.get(&tp.path) {
+                        errors.push(format!(
+                            "{label}: writes the same output as secret #{}",
+                            j + 1
+                        ));
+                    } else if let Some(j) = templates
+                        .iter()
+                        .position(|t: &TemplatePlan| t.path == tp.path)
+                    {
+                        errors.push(format!(
+                            "{label}: writes the same output as template #{}",
+                            j + 1
+                        ));
+                    }
+                    if tp.mode & 0o070 != 0 && root_mode & 0o070 == 0 {
+                        warnings.push(format!(
+                            "{label}: mode {:04o} grants group access, but the output root is 0700; \
+                             set settings.root_group so the group can reach it",
+                            tp.mode
+                        ));
+                    }
+                    if layout == Layout::Credstore {
+                        errors.push(format!(
+                            "{label}: the credstore layout holds credentials fetched as they are; \
+                             write templates with the files layout"
+                        ));
+                    }
+                    templates.push(tp);
+                }
+                Err(errs) => errors.extend(errs.into_iter().map(|e| format!("{label}: {e}"))),
+            }
+        }
         // A file may not also be a directory of another output (`a` and `a/b`).
-        let paths: Vec<&RelPath> = seen.keys().collect();
+        let paths: BTreeSet<&RelPath> = seen
+            .keys()
+            .chain(templates.iter().map(|t| &t.path))
+            .collect();
+        let paths: Vec<&RelPath> = paths.into_iter().collect();
         for w in paths.windows(2) {
             let (a, b) = (w[0].components(), w[1].components());
             if b.len() > a.len() && b[..a.len()] == *a {
@@ -585,6 +643,7 @@ impl Plan {
             backends,
             files,
             secrets,
+            templates,
             warnings,
         })
     }
@@ -672,8 +731,17 @@ impl Plan {
     pub fn on_change_findings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
         let mut seen = BTreeSet::new();
-        for s in &self.secrets {
-            let Some(cmd) = s.on_change.as_ref().and_then(|a| a.first()) else {
+        let commands = self
+            .secrets
+            .iter()
+            .map(|s| ("secret", &s.path, &s.on_change))
+            .chain(
+                self.templates
+                    .iter()
+                    .map(|t| ("template", &t.path, &t.on_change)),
+            );
+        for (kind, path, on_change) in commands {
+            let Some(cmd) = on_change.as_ref().and_then(|a| a.first()) else {
                 continue;
             };
             if !seen.insert(cmd.clone()) || crate::settings::offline() {
@@ -681,10 +749,9 @@ impl Plan {
             }
             if let Err(e) = crate::credfile::check_executable("on_change command", cmd) {
                 warnings.push(format!(
-                    "secret `{}`: {e}. It is checked again when it is about to run: a refresh \
-                     that changes the secret owes the command, and reports it failed, until this \
-                     is fixed",
-                    s.path
+                    "{kind} `{path}`: {e}. It is checked again when it is about to run: a \
+                     refresh that changes the {kind} owes the command, and reports it failed, \
+                     until this is fixed"
                 ));
             }
         }
@@ -759,6 +826,42 @@ impl Plan {
                 s.path,
                 s.backend,
                 s.reference.describe(),
+                if extra.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", extra.join(", "))
+                }
+            );
+        }
+        if !self.templates.is_empty() {
+            out += &format!("templates    {}\n", self.templates.len());
+        }
+        for t in &self.templates {
+            let mut extra = Vec::new();
+            if t.optional {
+                extra.push("optional".to_string());
+            }
+            if let Some(p) = &t.unless_exists {
+                extra.push(format!("skipped when {} exists", p.display()));
+            }
+            let uses: Vec<String> = t
+                .uses
+                .iter()
+                .map(|&i| format!("`{}`", self.secrets[i].path))
+                .collect();
+            out += &format!(
+                "  {:04o} {}:{}  {}/{}  <- {} template of {}{}\n",
+                t.mode,
+                t.owner,
+                t.group,
+                root.display(),
+                t.path,
+                t.template.format.name(),
+                if uses.is_empty() {
+                    "no secret".to_string()
+                } else {
+                    uses.join(", ")
+                },
                 if extra.is_empty() {
                     String::new()
                 } else {
@@ -862,6 +965,127 @@ fn credstore_rules(
                 s.path
             ));
         }
+    }
+}
+
+fn plan_template(
+    e: &crate::manifest::TemplateEntry,
+    secrets: &[SecretPlan],
+    default_mode: u32,
+    default_owner: &Principal,
+    default_group: &Principal,
+) -> Result<TemplatePlan, Vec<String>> {
+    use crate::template::{Format, Template};
+    let mut errors = Vec::new();
+    let path = RelPath::parse(&e.path)
+        .map_err(|err| errors.push(format!("path {err}")))
+        .ok();
+    let format = Format::parse(&e.format).unwrap_or_else(|| {
+        errors.push(format!(
+            "format `{}` is not one of {}",
+            e.format,
+            Format::NAMES
+        ));
+        Format::Verbatim
+    });
+    let template = Template::parse(&e.text, format)
+        .map_err(|err| errors.push(format!("text: {err}")))
+        .ok();
+    let optional = e.optional.unwrap_or(false);
+    let unless_exists = match e.unless_exists.as_deref() {
+        None => None,
+        Some(p) if !p.starts_with('/') || p.contains('\0') => {
+            errors.push(format!("unless_exists `{p}` must be an absolute path"));
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    let mut uses = Vec::new();
+    for used in template.iter().flat_map(|t| t.secret_paths()) {
+        let Some(i) = secrets.iter().position(|s| s.path.to_string() == used) else {
+            errors.push(format!(
+                "text uses secret `{used}`, which no [[secret]] writes (a placeholder names a \
+                 secret by its `path`; the secrets: {})",
+                if secrets.is_empty() {
+                    "none".to_string()
+                } else {
+                    secrets
+                        .iter()
+                        .map(|s| format!("`{}`", s.path))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            ));
+            continue;
+        };
+        let s = &secrets[i];
+        if s.optional && !optional {
+            errors.push(format!(
+                "uses secret `{used}`, which is optional: a run without it could not write this \
+                 file; make the template optional too (`optional = true`), or the secret required"
+            ));
+        }
+        if s.unless_exists.is_some() && s.unless_exists != unless_exists {
+            errors.push(format!(
+                "uses secret `{used}`, which is skipped when {} exists: give the template the \
+                 same `unless_exists`",
+                s.unless_exists
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+            ));
+        }
+        uses.push(i);
+    }
+    if let Some(argv) = &e.on_change {
+        match argv.first() {
+            None => errors.push("on_change must name a command (a non-empty list)".into()),
+            Some(cmd) if !cmd.starts_with('/') => errors.push(format!(
+                "on_change command `{cmd}` must be an absolute path (no PATH lookup)"
+            )),
+            Some(_) if argv.iter().any(|a| a.contains('\0')) => {
+                errors.push("on_change arguments must not contain NUL".into())
+            }
+            Some(_) => {}
+        }
+    }
+    let mode = match e.mode.as_deref().map(parse_mode) {
+        None => default_mode,
+        Some(Ok(m)) => m,
+        Some(Err(err)) => {
+            errors.push(err);
+            default_mode
+        }
+    };
+    let owner = match e.owner.as_deref().map(resolve_user) {
+        None => default_owner.clone(),
+        Some(Ok(p)) => p,
+        Some(Err(err)) => {
+            errors.push(err);
+            default_owner.clone()
+        }
+    };
+    let group = match e.group.as_deref().map(resolve_group) {
+        None => default_group.clone(),
+        Some(Ok(p)) => p,
+        Some(Err(err)) => {
+            errors.push(err);
+            default_group.clone()
+        }
+    };
+    match (path, template) {
+        (Some(path), Some(template)) if errors.is_empty() => Ok(TemplatePlan {
+            path,
+            template,
+            uses,
+            mode,
+            owner,
+            group,
+            on_change: e.on_change.clone(),
+            unless_exists,
+            optional,
+        }),
+        _ => Err(errors),
     }
 }
 

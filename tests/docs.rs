@@ -57,6 +57,10 @@ fn every_manifest_key_is_documented_in_its_section() {
             "## `[[secret]]`".to_string(),
             "[[secret]]\n__probe__ = 1\n".to_string(),
         ),
+        (
+            "## `[[template]]`".to_string(),
+            "[[template]]\n__probe__ = 1\n".to_string(),
+        ),
     ];
     // Every backend type's keys, under its own `### type = "KIND"` heading.
     for kind in expected_names("[backend.x]\ntype = \"__probe__\"\n") {
@@ -104,6 +108,7 @@ fn every_manifest_key_is_documented_in_its_section() {
         let marker = match key.as_str() {
             "backend" => "[backend.NAME]".to_string(),
             "secret" => "[[secret]]".to_string(),
+            "template" => "[[template]]".to_string(),
             k => format!("[{k}]"),
         };
         if !doc.contains(&format!("## `{marker}`")) {

@@ -28,12 +28,18 @@ pub use crate::settings::ACTION_BUDGET;
 pub(super) fn owed_actions(
     plan: &Plan,
     done: &[Done],
+    rendered: &[super::templates::Rendered],
     publication: &Publication,
     pending: &[Vec<String>],
 ) -> Vec<Vec<String>> {
     let mut commands: Vec<Vec<String>> = Vec::new();
-    for (d, changed) in done.iter().zip(&publication.changed) {
-        if let Some(argv) = &plan.secrets[d.index].on_change
+    // The publication's per-output list: the secrets, then the templates.
+    let on_change = done
+        .iter()
+        .map(|d| &plan.secrets[d.index].on_change)
+        .chain(rendered.iter().map(|r| &plan.templates[r.index].on_change));
+    for (argv, changed) in on_change.zip(&publication.changed) {
+        if let Some(argv) = argv
             && ((*changed && publication.previous) || pending.contains(argv))
             && !commands.contains(argv)
         {

@@ -6,6 +6,7 @@
 mod actions;
 mod fetch;
 mod report;
+mod templates;
 
 use crate::error::RunError;
 use crate::plan::Plan;
@@ -62,6 +63,8 @@ struct Context<'a> {
     /// Optional and required alike.
     failures: Vec<Failure>,
     tokens: Vec<crate::status::TokenStatus>,
+    /// The templates rendered, failed and skipped this run.
+    templates: templates::Templates,
 }
 
 /// Publishes the fetched secrets at once. Just before the flip, the status file records the
@@ -81,11 +84,22 @@ fn publish(cx: &Context<'_>, done: &[Done]) -> Result<Publication, RunError> {
                 gid: s.group.id,
             }
         })
+        // The templates after the secrets: the publication's per-output lists keep this order.
+        .chain(cx.templates.rendered.iter().map(|r| {
+            let t = &plan.templates[r.index];
+            Output {
+                path: &t.path,
+                value: &r.value,
+                mode: t.mode,
+                uid: t.owner.id,
+                gid: t.group.id,
+            }
+        }))
         .collect();
     let keep = kept_paths(cx);
     cx.root
         .publish_keeping(&outputs, &keep, cx.previous.known.as_ref(), &mut |p| {
-            let owed = owed_actions(plan, done, p, &cx.previous.pending);
+            let owed = owed_actions(plan, done, &cx.templates.rendered, p, &cx.previous.pending);
             let st = status_of(cx, Outcome::Publishing(done, p), &[], &owed);
             write_status(cx.root, &st).context("cannot record the new set before publishing it")
         })
@@ -153,6 +167,16 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         );
     }
     let fetched = fetch::connect_and_fetch(plan, &deadline, skipped).await;
+    let templates = templates::render_all(plan, &fetched.done);
+    for (i, p) in &templates.skipped {
+        let t = &plan.templates[*i];
+        log::info!(
+            secret_path:% = t.path;
+            "skipped template {}: {} exists (unless_exists)",
+            t.path,
+            p.display()
+        );
+    }
     let cx = Context {
         plan,
         root: &root,
@@ -162,23 +186,51 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
         skipped: fetched.skipped,
         failures: fetched.failures,
         tokens: fetched.tokens,
+        templates,
     };
     let done = fetched.done;
     for f in &cx.failures {
         f.log(plan);
     }
+    for f in &cx.templates.failures {
+        f.log();
+    }
     let required: Vec<&Failure> = cx.failures.iter().filter(|f| !f.optional).collect();
-    let result = if required.is_empty() {
-        publish(&cx, &done).map(|p| (done, p))
-    } else {
+    let bad_templates: Vec<String> = cx
+        .templates
+        .failures
+        .iter()
+        .filter(|f| !f.optional)
+        .map(|f| format!("`{}`", plan.templates[f.index].path))
+        .collect();
+    let result = if !required.is_empty() {
         let total = plan.secrets.len() - cx.skipped.len();
         Err(fetch::failed_run(plan, &required, total))
+    } else if !bad_templates.is_empty() {
+        Err(RunError::Failed(anyhow!(
+            "could not write template(s) {}; nothing was published",
+            bad_templates.join(", ")
+        )))
+    } else {
+        publish(&cx, &done).map(|p| (done, p))
     };
     let mut actions = Vec::new();
     let mut deferred: Vec<Vec<String>> = Vec::new();
     if let Ok((done, publication)) = &result {
-        log_publication(plan, done, publication, &cx.failures);
-        let owed = owed_actions(plan, done, publication, &previous.pending);
+        log_publication(
+            plan,
+            done,
+            &cx.templates.rendered,
+            publication,
+            &cx.failures,
+        );
+        let owed = owed_actions(
+            plan,
+            done,
+            &cx.templates.rendered,
+            publication,
+            &previous.pending,
+        );
         if !owed.is_empty() {
             // Recorded before they run: a run killed meanwhile leaves them pending.
             let st = status_of(&cx, Outcome::Published(done, publication), &[], &owed);
@@ -216,8 +268,13 @@ pub async fn run(plan: &Plan, opts: &RunOptions) -> Result<Summary, RunError> {
     let failed: Vec<&Action> = actions.iter().filter(|a| !a.ok).collect();
 
     let summary = Summary {
-        secrets: done.len(),
-        bytes: done.iter().map(|d| d.value.len()).sum(),
+        secrets: done.len() + cx.templates.rendered.len(),
+        bytes: done.iter().map(|d| d.value.len()).sum::<usize>()
+            + cx.templates
+                .rendered
+                .iter()
+                .map(|r| r.value.len())
+                .sum::<usize>(),
         elapsed: start.elapsed(),
     };
     if !failed.is_empty() {
@@ -271,7 +328,27 @@ fn check_owner(plan: &Plan, root: &OutputRoot, previous: &Previous) -> Result<()
 
 /// One line per secret (written or unchanged) and per removed path: sizes, modes, versions and
 /// timings, never values.
-fn log_publication(plan: &Plan, done: &[Done], publication: &Publication, failures: &[Failure]) {
+fn log_publication(
+    plan: &Plan,
+    done: &[Done],
+    rendered: &[templates::Rendered],
+    publication: &Publication,
+    failures: &[Failure],
+) {
+    for (r, changed) in rendered.iter().zip(&publication.changed[done.len()..]) {
+        let t = &plan.templates[r.index];
+        log::info!(
+            secret_path:% = t.path;
+            "{} {} ({:04o} {}:{}, {} bytes) from the {}",
+            if *changed { "wrote" } else { "unchanged" },
+            t.path,
+            t.mode,
+            t.owner,
+            t.group,
+            r.value.len(),
+            templates::describe(plan, r.index)
+        );
+    }
     for (d, changed) in done.iter().zip(&publication.changed) {
         let s = &plan.secrets[d.index];
         log::info!(

@@ -52,8 +52,15 @@ pub(super) fn status_of(
         skipped: cx
             .skipped
             .iter()
-            .map(|(i, p)| status::SkippedStatus {
-                path: plan.secrets[*i].path.to_string(),
+            .map(|(i, p)| (plan.secrets[*i].path.to_string(), p))
+            .chain(
+                cx.templates
+                    .skipped
+                    .iter()
+                    .map(|(i, p)| (plan.templates[*i].path.to_string(), p)),
+            )
+            .map(|(path, p)| status::SkippedStatus {
+                path,
                 unless_exists: p.display().to_string(),
             })
             .collect(),
@@ -70,6 +77,12 @@ pub(super) fn status_of(
                 class: f.class(),
                 error: format!("{:#}", f.error.inner()),
             })
+            .chain(cx.templates.failures.iter().map(|f| status::FailureStatus {
+                secrets: vec![plan.templates[f.index].path.to_string()],
+                optional: f.optional,
+                class: "permanent",
+                error: f.error.clone(),
+            }))
             .collect(),
         kept: Vec::new(),
         tokens: cx.tokens.clone(),
@@ -117,6 +130,40 @@ pub(super) fn status_of(
                 })
                 .collect();
             let mut list = list;
+            let n = done.len();
+            let tail = publication.changed[n..]
+                .iter()
+                .zip(&publication.records[n..]);
+            for (t, (changed, r)) in cx.templates.rendered.iter().zip(tail) {
+                let tp = &plan.templates[t.index];
+                if *changed {
+                    run.changed.push(tp.path.to_string());
+                }
+                let backends: std::collections::BTreeSet<&str> = tp
+                    .uses
+                    .iter()
+                    .map(|&u| plan.secrets[u].backend.as_str())
+                    .collect();
+                list.push(status::SecretStatus {
+                    path: tp.path.to_string(),
+                    backend: backends.into_iter().collect::<Vec<_>>().join(","),
+                    backend_type: "template",
+                    reference: super::templates::describe(plan, t.index),
+                    version: t.versions.clone(),
+                    sha256: r.sha256.clone(),
+                    size: t.value.len(),
+                    mode: format!("{:04o}", tp.mode),
+                    owner: tp.owner.to_string(),
+                    group: tp.group.to_string(),
+                    uid: r.uid,
+                    gid: r.gid,
+                    inode: r.inode,
+                    ctime: status::SecretStatus::ctime_of(r),
+                    fetched_at: status::rfc3339(t.rendered_at),
+                    fetch_ms: t.took.as_millis(),
+                    kept: false,
+                });
+            }
             for (path, r) in &publication.kept {
                 let path = path.to_string();
                 let Some(s) = plan.secrets.iter().find(|s| s.path.to_string() == path) else {

@@ -441,6 +441,8 @@ def test_json_key_missing(moto, imds, outdir, name, bootsecrets):
     r = bootsecrets(m)
     assert r.code == 1, r
     assert "secret `pw`" in r.stderr and "no key `password`" in r.stderr, r
+    # The key names it has are listed (names, not values: the canary is never shown).
+    assert "(keys present: `passwd`)" in r.stderr, r.stderr
     assert snapshot(outdir) == before
     assert_clean(r, imds)
 
