@@ -69,10 +69,11 @@ pub enum Command {
     Render(RenderArgs),
     /// Check, on a node, everything a run needs and say what to fix (never reads a value).
     Doctor(DoctorArgs),
-    /// Print the manual page (roff), e.g. `bootsecrets man > /usr/share/man/man1/bootsecrets.1`.
+    /// Print the manual page (roff), e.g. `bootsecrets man > /usr/local/share/man/man1/bootsecrets.1`
+    /// (on a node, where /usr is read-only: `man -l <(bootsecrets man)`).
     Man,
     /// Print the completion script for a shell, e.g.
-    /// `bootsecrets completions bash > /usr/share/bash-completion/completions/bootsecrets`.
+    /// `bootsecrets completions bash > /etc/bash_completion.d/bootsecrets`.
     Completions(CompletionsArgs),
     /// Write the systemd units for an install method into a directory (the release builds the
     /// sysext image with it).
@@ -234,6 +235,55 @@ fn check(cli: &Cli, args: &CheckArgs) -> ExitCode {
     }
 }
 
+/// The manual page's sections clap does not write (roff).
+const MAN_SECTIONS: &str = r#".SH "EXIT STATUS"
+.TP
+\fB0\fR
+\fBrun\fR: the set was published or is unchanged (an optional secret's failure is a warning).
+\fBcheck\fR: the manifest is valid. \fBdoctor\fR: nothing failed.
+.TP
+\fB1\fR
+A permanent error of a required secret (denied, not found, a JSON key missing), or the output
+root or a file could not be written: nothing was published. Also: the secrets were published but
+an \fBon_change\fR command failed. \fBdoctor\fR: a check failed.
+.TP
+\fB2\fR
+An invalid command line or manifest.
+.TP
+\fB3\fR
+\fBrun\fR: the deadline passed while the errors were still transient (a metadata service or
+backend unreachable, timeouts, 5xx, throttling): nothing was published. The unit restarts it.
+.SH FILES
+.TP
+\fI/etc/bootsecrets/manifest.toml\fR
+The manifest: names and references only, never values; owned by root and writable by no one
+else.
+.TP
+\fI/run/bootsecrets\fR
+The output root (a tmpfs): each file a link into the published version directory.
+.TP
+\fI/run/bootsecrets/.status.json\fR
+What the last run did: every file with its mode, owner, version and digest (never a value),
+every failure and skipped secret.
+.TP
+\fI/run/credstore\fR
+The output root of the credstore layout (systemd credentials).
+.SH ENVIRONMENT
+.TP
+\fBBOOTSECRETS_MANIFEST\fR, \fBBOOTSECRETS_VERBOSE\fR, \fBBOOTSECRETS_ON_CHANGE\fR
+As \fB\-\-manifest\fR, \fB\-v\fR (a number) and \fB\-\-on\-change\fR.
+.TP
+\fBAWS_REGION\fR, \fBAWS_DEFAULT_REGION\fR, \fBAWS_ENDPOINT_URL_SECRETS_MANAGER\fR, \fBAWS_ENDPOINT_URL\fR, \fBAWS_USE_FIPS_ENDPOINT\fR, \fBAWS_EC2_METADATA_SERVICE_ENDPOINT\fR, \fBAWS_EC2_METADATA_SERVICE_ENDPOINT_MODE\fR
+An aws backend's region, endpoints and metadata service, when the manifest does not set them.
+.TP
+\fBVAULT_ADDR\fR
+A vault backend's address, when the manifest does not set one. No other \fBVAULT_*\fR variable
+is read.
+.SH "SEE ALSO"
+\fBsystemd.exec\fR(5), \fBsystemd.unit\fR(5), \fBbutane\fR(1); the manifest reference,
+docs/manifest.md, and the operator's guide, docs/operations.md, shipped with the release.
+"#;
+
 /// The manual page: the command and, as sections of it, every subcommand with its options.
 fn man() -> ExitCode {
     use clap::CommandFactory;
@@ -250,7 +300,8 @@ fn man() -> ExitCode {
         page.render_synopsis_section(&mut out)?;
         page.render_description_section(&mut out)?;
         page.render_options_section(&mut out)?;
-        page.render_subcommands_section(&mut out)?;
+        // One page: each subcommand is a section of it below (clap's own subcommand list would
+        // name pages such as bootsecrets-run(1), which do not exist).
         for sub in cmd.get_subcommands() {
             let name = format!("bootsecrets {}", sub.get_name());
             let sub = sub.clone().bin_name(name.clone()).display_name(name);
@@ -259,6 +310,7 @@ fn man() -> ExitCode {
             page.render_description_section(&mut out)?;
             page.render_options_section(&mut out)?;
         }
+        out.extend_from_slice(MAN_SECTIONS.as_bytes());
         page.render_version_section(&mut out)?;
         Ok(())
     })();

@@ -135,16 +135,31 @@ pub fn load_offline(path: &Path) -> Result<Plan> {
 
 /// [`load_offline`] for a manifest's text.
 pub fn from_text_offline(text: &str) -> Result<Plan> {
-    let manifest =
-        crate::manifest::parse(text).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+    let manifest = crate::manifest::parse(text).map_err(parse_error)?;
     Plan::build(&manifest, &|_| None)
+}
+
+/// TOML's error, with what to do when it is a mode written as a number (`mode = 0400`: TOML
+/// says only "unexpected leading zero", or that it expected a string).
+fn parse_error(e: toml::de::Error) -> anyhow::Error {
+    let text = e.to_string();
+    let text = text.trim_end();
+    let on_mode = text.lines().any(|l| {
+        let l = l.split_once('|').map_or(l, |(_, r)| r).trim_start();
+        l.starts_with("mode") || l.starts_with("default_mode")
+    });
+    if on_mode && (text.contains("leading zero") || text.contains("integer")) {
+        anyhow!("{text}\nA mode is a quoted octal string: write mode = \"0400\", not mode = 0400")
+    } else {
+        anyhow!("{text}")
+    }
 }
 
 /// Reads, parses and validates a manifest file.
 pub fn load(path: &Path) -> Result<Plan> {
     let text = crate::credfile::read_trusted("manifest", path).map_err(|e| anyhow!(e))?;
     let manifest = crate::manifest::parse(&text)
-        .map_err(|e| anyhow!("{}", e.to_string().trim_end()))
+        .map_err(parse_error)
         .with_context(|| format!("manifest {} is not valid", path.display()))?;
     let mut plan = Plan::build(&manifest, &process_env)
         .with_context(|| format!("manifest {} is not valid", path.display()))?;
@@ -169,7 +184,10 @@ pub fn parse_mode(s: &str) -> Result<u32, String> {
     }
     if m & 0o007 != 0 {
         return Err(format!(
-            "mode `{s}` grants access to other users; secrets may be readable by owner and group only"
+            "mode `{s}` grants access to other users; secrets may be readable by owner and group \
+             only. To let a consumer read the file (a public certificate too), give it that \
+             consumer's group (`group = \"NAME\"`, mode \"0440\") and let the group into the \
+             output root (settings.root_group)"
         ));
     }
     if m & 0o020 != 0 {

@@ -98,6 +98,8 @@ where
     let mut attempt = 0u32;
     let mut last = String::from("no attempt was made");
     let mut last_chance_taken = false;
+    // Without an observer each cause is a warning once; its repeats are debug lines (-v).
+    let mut warned: Option<String> = None;
     loop {
         let remaining = deadline.remaining();
         if remaining.is_zero() {
@@ -155,7 +157,20 @@ where
                 log::debug!("{line}");
                 observe(&err, pause);
             }
-            None => log::warn!("{line}"),
+            None if warned.as_deref() == Some(last.as_str()) => {
+                log::debug!("{line}");
+            }
+            None => {
+                log::warn!(
+                    "{line}{}",
+                    if warned.is_none() {
+                        "; the same cause again is logged only with -v"
+                    } else {
+                        ""
+                    }
+                );
+                warned = Some(last.clone());
+            }
         }
         tokio::time::sleep(pause).await;
     }

@@ -2,6 +2,10 @@
 # Installs what the tests and the demo need into the repository (nothing system-wide beyond what
 # apt installs): the Python venv .venv-test (moto, OpenBao, pytest and the vendors' clients) and
 # .venv-localstack (LocalStack). Idempotent and quick when up to date.
+#   tests/setup.sh          what the tests need
+#   tests/setup.sh --boot   and what the qemu first-boot test needs
+#   tests/setup.sh --demo   only .venv-test (moto, OpenBao): no package install, no root, no
+#                           LocalStack (the demo's default backends need none of them)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,7 +13,13 @@ cd "$(dirname "$0")/.."
 # systemd-analyze; iproute2 for ip netns; with --boot, what the qemu first-boot test needs.
 # Installed only when missing.
 boot=0
-[ "${1:-}" = "--boot" ] && boot=1
+demo=0
+case "${1:-}" in
+  --boot) boot=1 ;;
+  --demo) demo=1 ;;
+  "") ;;
+  *) echo "usage: tests/setup.sh [--boot|--demo]" >&2; exit 2 ;;
+esac
 need=()
 command -v ignition-validate >/dev/null || need+=(ignition)
 command -v systemd-analyze >/dev/null || need+=(systemd)
@@ -25,6 +35,7 @@ if [ $boot = 1 ]; then
   # The release's sysext image (release/build.sh installs it too) and the boot test's variant of it.
   command -v mksquashfs >/dev/null || need+=(squashfs-tools)
 fi
+[ $demo = 1 ] && need=()
 updated=0
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: apt-get install ${need[*]}" >&2
@@ -58,6 +69,8 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${reqs[@]/#/-r}"
   echo "$want" > "$stamp"
 fi
+
+[ $demo = 1 ] && exit 0
 
 # .venv-localstack: LocalStack, in a venv of its own (its pins clash with moto's). It needs
 # Python 3.12 or newer (see tests/requirements-localstack.txt): the first of python3.13 and

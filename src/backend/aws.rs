@@ -56,7 +56,20 @@ pub fn region_name(r: &str) -> Result<(), String> {
         && parts[..parts.len() - 1].iter().all(|p| word(p))
         && number(parts[parts.len() - 1]);
     if ok {
-        return Ok(());
+        // Every region's last word is a direction (`eu-wset-1` is a typo, not a new region).
+        let dir = parts[parts.len() - 2];
+        if DIRECTIONS.contains(&dir) {
+            return Ok(());
+        }
+        let near = DIRECTIONS
+            .iter()
+            .min_by_key(|d| distance(d, dir))
+            .expect("nine directions");
+        let fixed = r.replacen(&format!("-{dir}-"), &format!("-{near}-"), 1);
+        return Err(format!(
+            "is not an AWS region name: `{dir}` is not one of north, south, east, west, \
+             central and their combinations (did you mean `{fixed}`?)"
+        ));
     }
     if let Some(stripped) = r.strip_suffix(|c: char| c.is_ascii_lowercase())
         && region_name(stripped).is_ok()
@@ -66,6 +79,34 @@ pub fn region_name(r: &str) -> Result<(), String> {
         ));
     }
     Err("is not an AWS region name (such as `us-east-1` or `eu-west-3`)".into())
+}
+
+/// The last word of every AWS region name.
+const DIRECTIONS: [&str; 9] = [
+    "north",
+    "south",
+    "east",
+    "west",
+    "central",
+    "northeast",
+    "northwest",
+    "southeast",
+    "southwest",
+];
+
+/// Levenshtein distance, for suggesting the direction meant.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// First of: the manifest key, then each environment variable in order.
@@ -167,10 +208,23 @@ pub fn plan(e: &AwsEntry, env: EnvLookup<'_>) -> Result<AwsConfig, Vec<String>> 
     })
 }
 
-pub fn plan_secret(e: &SecretEntry) -> Result<AwsSecretRef, Vec<String>> {
+pub fn plan_secret(cfg: &AwsConfig, e: &SecretEntry) -> Result<AwsSecretRef, Vec<String>> {
     let mut errors = super::foreign_keys(e, "aws", &["version_id", "version_stage"]);
     if e.reference.trim().is_empty() {
         errors.push("`ref` must name a secret (its name or ARN)".to_string());
+    }
+    // `arn:PARTITION:secretsmanager:REGION:ACCOUNT:secret:NAME`: a backend reads one region.
+    let arn: Vec<&str> = e.reference.splitn(7, ':').collect();
+    if let ([_, _, "secretsmanager", arn_region, ..], Some((region, src))) = (&arn[..], &cfg.region)
+        && arn.len() == 7
+        && arn[0] == "arn"
+        && arn_region != region
+    {
+        errors.push(format!(
+            "`ref` is the ARN of a secret in region {arn_region}, but this backend reads region \
+             {region} (from {src}): a backend reads one region; add a backend with region = \
+             \"{arn_region}\" for it"
+        ));
     }
     for (k, v) in [
         ("version_id", &e.version_id),
@@ -987,6 +1041,10 @@ mod tests {
         ] {
             assert!(region_name(ok).is_ok(), "{ok}");
         }
+        let e = region_name("eu-wset-1").unwrap_err();
+        assert!(e.contains("did you mean `eu-west-1`?"), "{e}");
+        let e = region_name("ap-southest-2").unwrap_err();
+        assert!(e.contains("did you mean `ap-southeast-2`?"), "{e}");
         for bad in [
             "US-EAST-1",
             "useast1",

@@ -176,7 +176,7 @@ pub fn node_files(e: &BackendEntry) -> Vec<crate::credfile::NodeFile> {
 pub fn plan_secret(cfg: &BackendConfig, e: &SecretEntry) -> Result<SecretRef, Vec<String>> {
     match cfg {
         #[cfg(feature = "aws")]
-        BackendConfig::Aws(_) => aws::plan_secret(e).map(SecretRef::Aws),
+        BackendConfig::Aws(c) => aws::plan_secret(c, e).map(SecretRef::Aws),
         #[cfg(feature = "vault")]
         BackendConfig::Vault(_) => vault::plan_secret(e).map(SecretRef::Vault),
         #[cfg(feature = "azure")]

@@ -198,9 +198,14 @@ pub async fn run(manifest: &Path, places: &Places, opts: Options) -> Report {
                 "manifest",
                 Verdict::Ok,
                 format!(
-                    "{} is valid: {} secret(s), backend(s) {}",
+                    "{} is valid: {} secret(s){}, backend(s) {}",
                     manifest.display(),
                     p.secrets.len(),
+                    if p.templates.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} template(s)", p.templates.len())
+                    },
                     p.backends.keys().cloned().collect::<Vec<_>>().join(", ")
                 ),
             );

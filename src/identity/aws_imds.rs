@@ -258,7 +258,10 @@ fn status_of(resp: &HttpResponse) -> u16 {
 fn classify(err: &ImdsError, endpoint: &str, what: &str) -> FetchError {
     let unreachable = |detail: &str| {
         FetchError::transient(format!(
-            "IMDS at {endpoint} not reachable yet while fetching {what}: {detail}"
+            "IMDS at {endpoint} not reachable yet while fetching {what}: {detail} (if it stays \
+             so: the instance's metadata service must be enabled (HttpEndpoint=enabled, \
+             IMDSv2), and from a container the session token's hop limit \
+             (HttpPutResponseHopLimit) must be 2 or more)"
         ))
     };
     match err {

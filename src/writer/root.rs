@@ -5,8 +5,9 @@ use super::{OutputRoot, RootSpec, STATUS_FILE, dir_flags, open_dir, set_owner_mo
 use crate::names::{LINK_TMP_PREFIX, LOCK_FILE};
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
+use nix::fcntl::AtFlags;
 use nix::fcntl::{Flock, FlockArg, OFlag, openat, renameat};
-use nix::sys::stat::Mode;
+use nix::sys::stat::{Mode, fstatat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -14,6 +15,16 @@ use std::path::{Path, PathBuf};
 
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// The refusal of a root that is not in memory.
+fn not_in_memory(root: &Path, fstype: i64) -> String {
+    format!(
+        "output root {} is not on tmpfs or ramfs (filesystem type {fstype:#x}); secrets must not \
+         reach a disk. Mount a tmpfs there or choose a root under /run (--allow-non-tmpfs exists \
+         for development only)",
+        root.display()
+    )
+}
 
 /// True for a `statfs` filesystem type that keeps files in memory only (tmpfs, ramfs).
 pub fn in_memory(fstype: i64) -> bool {
@@ -104,6 +115,24 @@ impl OutputRoot {
             })?;
         }
         shown.push(last);
+        // A root that does not exist yet would be made on its parent's filesystem: refused
+        // before the `mkdir`, so that a refusal leaves nothing behind on the disk.
+        if !spec.allow_non_tmpfs {
+            let parent = nix::sys::statfs::fstatfs(dir.as_fd()).with_context(|| {
+                format!(
+                    "cannot statfs {}",
+                    shown.parent().unwrap_or(&shown).display()
+                )
+            })?;
+            let fstype = parent.filesystem_type().0 as i64;
+            let missing = matches!(
+                fstatat(dir.as_fd(), last.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW),
+                Err(Errno::ENOENT)
+            );
+            if missing && !in_memory(fstype) {
+                bail!("{}", not_in_memory(&shown, fstype));
+            }
+        }
         let (root, created) = open_dir(dir.as_fd(), last, &shown, true)?;
         if !created {
             // Found, not made by this run (even if it appeared a moment ago): someone may have
@@ -145,12 +174,7 @@ impl OutputRoot {
         let fstype = fs.filesystem_type().0 as i64;
         if !in_memory(fstype) {
             if !spec.allow_non_tmpfs {
-                bail!(
-                    "output root {} is not on tmpfs or ramfs (filesystem type {fstype:#x}); secrets \
-                     must not reach a disk. Mount a tmpfs there or choose a root under /run \
-                     (--allow-non-tmpfs exists for development only)",
-                    shown.display()
-                );
+                bail!("{}", not_in_memory(&shown, fstype));
             }
             log::warn!(
                 "output root {} is not on tmpfs or ramfs; allowed by --allow-non-tmpfs",

@@ -39,6 +39,12 @@ def test_the_manual_page_renders_and_covers_every_subcommand(tmp_path):
     assert ".TH bootsecrets 1" in r.stdout
     for sub in SUBCOMMANDS:
         assert f"bootsecrets {sub}" in r.stdout.replace("\\-", "-"), sub
+    # One page: no reference to per-subcommand pages that do not exist.
+    assert not re.search(r"bootsecrets\\?-(run|check|render|doctor|units|man|completions)\(1\)",
+                         r.stdout), "names a page that does not exist"
+    for section in ['.SH "EXIT STATUS"', ".SH FILES", ".SH ENVIRONMENT", '.SH "SEE ALSO"']:
+        assert section in r.stdout, section
+    assert "/usr/share" not in bs("--help").stdout, "/usr is read-only on a node"
     if shutil.which("man") is None:
         pytest.skip("man is not installed: the roff was checked, its rendering was NOT")
     page = tmp_path / "bootsecrets.1"
@@ -46,6 +52,7 @@ def test_the_manual_page_renders_and_covers_every_subcommand(tmp_path):
     shown = subprocess.run(["man", "-l", str(page)], capture_output=True, text=True,
                            env={"MANWIDTH": "100", "PATH": "/usr/bin:/bin"})
     assert shown.returncode == 0 and "bootsecrets doctor" in shown.stdout, shown
+    assert "EXIT STATUS" in shown.stdout and "BOOTSECRETS_MANIFEST" in shown.stdout, shown.stdout
     assert "warning" not in shown.stderr.lower(), shown.stderr
 
 

@@ -128,6 +128,14 @@ def test_non_tmpfs_root_is_refused_unless_allowed(moto, imds, name, bootsecrets)
         assert r.code == 0, r
         assert (disk / "a").read_bytes() == b"aaa"
         assert "allowed by --allow-non-tmpfs" in r.stderr
+        # A root that does not exist yet, in a writable directory on the disk: refused before
+        # it is made, so the refusal leaves nothing behind.
+        scratch = disk / "scratch"
+        scratch.mkdir(mode=0o700)
+        m2 = aws_manifest(scratch / "root", imds, moto, [{"path": "a", "ref": f"{name}/a"}])
+        r = bootsecrets(m2, rw=[scratch])
+        assert r.code == 1 and "is not on tmpfs or ramfs" in r.stderr, r
+        assert list(scratch.iterdir()) == [], "the refused root was left on the disk"
     finally:
         subprocess.run(["rm", "-rf", str(disk)])
 
