@@ -306,15 +306,19 @@ def sha(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def assert_secrets_seen(rep, token, password):
+def assert_secrets_seen(rep, token, password, extra=None):
+    """`extra`: more files, {path: (entry fields, sha256)}."""
     saw = rep.starting("saw")
     assert "fstype tmpfs" in saw, rep
     entries = {e.split()[-1]: e.split()[1:5] for e in saw if e.startswith("entry ")}
     assert entries["kubelet/bootstrap-token"] == ["f", "440", "nobody", "nogroup"], rep
     assert entries["db/password"] == ["f", "400", "root", "root"], rep
     assert entries["kubelet"] == ["d", "750", "root", "nogroup"], rep
+    for path, (fields, _) in (extra or {}).items():
+        assert entries[path] == fields, (path, rep)
     hashes = {line.split()[2].rsplit("/", 1)[-1]: line.split()[1] for line in saw if line.startswith("sha256 ")}
-    assert hashes == {"bootstrap-token": sha(token), "password": sha(password)}, rep
+    assert hashes == {"bootstrap-token": sha(token), "password": sha(password),
+                      **{p.rsplit("/", 1)[-1]: h for p, (_, h) in (extra or {}).items()}}, rep
 
 
 @pytest.mark.parametrize("suite", ["bookworm", "sid"])
@@ -808,6 +812,17 @@ group = "nogroup"
 path = "db/password"
 ref = "db"
 json_key = "password"
+
+# A file assembled from a secret, on the first boot: an environment file for a service.
+[[template]]
+path = "kubelet/bootstrap.env"
+format = "env"
+mode = "0440"
+owner = "nobody"
+group = "nogroup"
+text = '''
+TOKEN={{{{ secret "kubelet/bootstrap-token" }}}}
+'''
 """
     files = [("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 bootsecrets-test\n"
                             "169.254.169.254 metadata.google.internal\n")]
@@ -829,7 +844,13 @@ json_key = "password"
     assert any("the route is locked (systemd-imdsd); asking systemd-imdsd" in j
                for j in rep.starting("journal-bootsecrets")), rep
     assert rep.starting("journal-err") == [], rep
-    assert_secrets_seen(rep, "gce-token-1", "gce-pw-1")
+    # The template: written with its mode and owner before kubelet started, and read back
+    # unchanged by systemd's EnvironmentFile= parser.
+    assert_secrets_seen(rep, "gce-token-1", "gce-pw-1", extra={
+        "kubelet/bootstrap.env": (["f", "440", "nobody", "nogroup"], sha('TOKEN="gce-token-1"\n'))})
+    assert rep.starting("envfile-token") == [f"{sha('gce-token-1')}  -"], rep
+    assert any(j.startswith("wrote kubelet/bootstrap.env (0440 nobody:nogroup")
+               for j in rep.starting("journal-bootsecrets")), rep
     # Asked by the daemon: the token (with Metadata-Flavor, which the double requires).
     paths = [r.path for r in md.requests]
     assert any(p.startswith("/computeMetadata/v1/instance/service-accounts/") and p.endswith("/token")
