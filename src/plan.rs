@@ -986,6 +986,70 @@ fn credstore_rules(
     }
 }
 
+/// An `on_change` list's form (a secret's or a template's). The program itself is checked
+/// (StrictModes: it runs as root) just before it runs, and by `check` as a warning: a refresh
+/// needs it, a boot does not.
+fn check_on_change(argv: Option<&[String]>, errors: &mut Vec<String>) {
+    let Some(argv) = argv else { return };
+    match argv.first() {
+        None => errors.push("on_change must name a command (a non-empty list)".into()),
+        Some(cmd) if !cmd.starts_with('/') => errors.push(format!(
+            "on_change command `{cmd}` must be an absolute path (no PATH lookup), e.g. \
+             \"/usr/bin/systemctl\""
+        )),
+        Some(_) if argv.iter().any(|a| a.contains('\0')) => {
+            errors.push("on_change arguments must not contain NUL".into())
+        }
+        Some(_) => {}
+    }
+}
+
+/// An `unless_exists` path (a secret's or a template's).
+fn plan_unless_exists(p: Option<&str>, errors: &mut Vec<String>) -> Option<PathBuf> {
+    match p {
+        None => None,
+        Some(p) if !p.starts_with('/') => {
+            errors.push(format!(
+                "unless_exists `{p}` must be an absolute path, such as \
+                 \"/var/lib/kubelet/kubeconfig\""
+            ));
+            None
+        }
+        Some(p) if p.contains('\0') => {
+            errors.push("unless_exists must not contain NUL".into());
+            None
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    }
+}
+
+/// A file's `[mode, owner, group]` as written, each falling back to its default.
+fn plan_access(
+    [mode, owner, group]: [Option<&str>; 3],
+    (default_mode, default_owner, default_group): (u32, &Principal, &Principal),
+    errors: &mut Vec<String>,
+) -> (u32, Principal, Principal) {
+    let mode = match mode.map(parse_mode) {
+        None => default_mode,
+        Some(Ok(m)) => m,
+        Some(Err(err)) => {
+            errors.push(err);
+            default_mode
+        }
+    };
+    let mut take = |r: Option<Result<Principal, String>>, default: &Principal| match r {
+        None => default.clone(),
+        Some(Ok(p)) => p,
+        Some(Err(err)) => {
+            errors.push(err);
+            default.clone()
+        }
+    };
+    let owner = take(owner.map(resolve_user), default_owner);
+    let group = take(group.map(resolve_group), default_group);
+    (mode, owner, group)
+}
+
 fn plan_template(
     e: &crate::manifest::TemplateEntry,
     secrets: &[SecretPlan],
@@ -1010,14 +1074,7 @@ fn plan_template(
         .map_err(|err| errors.push(format!("text: {err}")))
         .ok();
     let optional = e.optional.unwrap_or(false);
-    let unless_exists = match e.unless_exists.as_deref() {
-        None => None,
-        Some(p) if !p.starts_with('/') || p.contains('\0') => {
-            errors.push(format!("unless_exists `{p}` must be an absolute path"));
-            None
-        }
-        Some(p) => Some(PathBuf::from(p)),
-    };
+    let unless_exists = plan_unless_exists(e.unless_exists.as_deref(), &mut errors);
     let mut uses = Vec::new();
     for used in template.iter().flat_map(|t| t.secret_paths()) {
         let Some(i) = secrets.iter().position(|s| s.path.to_string() == used) else {
@@ -1055,42 +1112,12 @@ fn plan_template(
         }
         uses.push(i);
     }
-    if let Some(argv) = &e.on_change {
-        match argv.first() {
-            None => errors.push("on_change must name a command (a non-empty list)".into()),
-            Some(cmd) if !cmd.starts_with('/') => errors.push(format!(
-                "on_change command `{cmd}` must be an absolute path (no PATH lookup)"
-            )),
-            Some(_) if argv.iter().any(|a| a.contains('\0')) => {
-                errors.push("on_change arguments must not contain NUL".into())
-            }
-            Some(_) => {}
-        }
-    }
-    let mode = match e.mode.as_deref().map(parse_mode) {
-        None => default_mode,
-        Some(Ok(m)) => m,
-        Some(Err(err)) => {
-            errors.push(err);
-            default_mode
-        }
-    };
-    let owner = match e.owner.as_deref().map(resolve_user) {
-        None => default_owner.clone(),
-        Some(Ok(p)) => p,
-        Some(Err(err)) => {
-            errors.push(err);
-            default_owner.clone()
-        }
-    };
-    let group = match e.group.as_deref().map(resolve_group) {
-        None => default_group.clone(),
-        Some(Ok(p)) => p,
-        Some(Err(err)) => {
-            errors.push(err);
-            default_group.clone()
-        }
-    };
+    check_on_change(e.on_change.as_deref(), &mut errors);
+    let (mode, owner, group) = plan_access(
+        [e.mode.as_deref(), e.owner.as_deref(), e.group.as_deref()],
+        (default_mode, default_owner, default_group),
+        &mut errors,
+    );
     match (path, template) {
         (Some(path), Some(template)) if errors.is_empty() => Ok(TemplatePlan {
             path,
@@ -1150,60 +1177,13 @@ fn plan_secret(
     if e.json_key.as_deref() == Some("") {
         errors.push("json_key must not be empty".into());
     }
-    if let Some(argv) = &e.on_change {
-        match argv.first() {
-            None => errors.push("on_change must name a command (a non-empty list)".into()),
-            Some(cmd) if !cmd.starts_with('/') => errors.push(format!(
-                "on_change command `{cmd}` must be an absolute path (no PATH lookup), e.g. \
-                 \"/usr/bin/systemctl\""
-            )),
-            Some(_) if argv.iter().any(|a| a.contains('\0')) => {
-                errors.push("on_change arguments must not contain NUL".into())
-            }
-            // The program itself is checked (StrictModes: it runs as root) just before it runs,
-            // and by `check` as a warning: a refresh needs it, a boot does not.
-            Some(_) => {}
-        }
-    }
-    let unless_exists = match e.unless_exists.as_deref() {
-        None => None,
-        Some(p) if !p.starts_with('/') => {
-            errors.push(format!(
-                "unless_exists `{p}` must be an absolute path, such as \
-                 \"/var/lib/kubelet/kubeconfig\""
-            ));
-            None
-        }
-        Some(p) if p.contains('\0') => {
-            errors.push("unless_exists must not contain NUL".into());
-            None
-        }
-        Some(p) => Some(PathBuf::from(p)),
-    };
-    let mode = match e.mode.as_deref().map(parse_mode) {
-        None => default_mode,
-        Some(Ok(m)) => m,
-        Some(Err(err)) => {
-            errors.push(err);
-            default_mode
-        }
-    };
-    let owner = match e.owner.as_deref().map(resolve_user) {
-        None => default_owner.clone(),
-        Some(Ok(p)) => p,
-        Some(Err(err)) => {
-            errors.push(err);
-            default_owner.clone()
-        }
-    };
-    let group = match e.group.as_deref().map(resolve_group) {
-        None => default_group.clone(),
-        Some(Ok(p)) => p,
-        Some(Err(err)) => {
-            errors.push(err);
-            default_group.clone()
-        }
-    };
+    check_on_change(e.on_change.as_deref(), &mut errors);
+    let unless_exists = plan_unless_exists(e.unless_exists.as_deref(), &mut errors);
+    let (mode, owner, group) = plan_access(
+        [e.mode.as_deref(), e.owner.as_deref(), e.group.as_deref()],
+        (default_mode, default_owner, default_group),
+        &mut errors,
+    );
     let path = path.map_err(|err| errors.push(err)).ok();
     match (path, backend_name, reference) {
         (Some(path), Some(backend), Some(reference)) if errors.is_empty() => Ok(SecretPlan {
