@@ -265,6 +265,19 @@ fn platform_check(report: &mut Report, plan: &Plan, places: &Places) {
         .unwrap_or("no cloud bootsecrets knows");
     if mismatches.is_empty() {
         report.add("platform", Verdict::Ok, format!("{here} ({seen})"));
+    } else if p.cloud.is_none() {
+        // Off any cloud (a laptop, CI, a VM of one's own): the identity below cannot work here,
+        // whatever the manifest says.
+        report.add_hint(
+            "platform",
+            Verdict::Warn,
+            format!(
+                "this machine is on no cloud bootsecrets knows ({seen}), but {}",
+                mismatches.join("; ")
+            ),
+            "run doctor on a node of that cloud; off it, the instance identity (and every check \
+             that needs it) cannot succeed",
+        );
     } else {
         report.add_hint(
             "platform",
@@ -470,6 +483,8 @@ async fn backends_and_secrets(report: &mut Report, plan: &Plan, opts: Options) {
         for problem in backend.diagnose().await {
             report.add(check.clone(), Verdict::Warn, problem);
         }
+        // The first secret doctor may not check says why, once; the others point to it.
+        let mut not_allowed: Option<String> = None;
         for (i, s) in plan.secrets.iter().enumerate() {
             if &s.backend != name {
                 continue;
@@ -493,13 +508,24 @@ async fn backends_and_secrets(report: &mut Report, plan: &Plan, opts: Options) {
             };
             match backend.probe(&s.reference).await {
                 Ok(Probe::Found(d)) => report.add(check, Verdict::Ok, d),
-                Ok(Probe::NotAllowed(d)) => report.add_hint(
+                Ok(Probe::NotAllowed(_)) if not_allowed.is_some() => report.add(
                     check,
-                    Verdict::Warn,
-                    format!("not checked: {d}"),
-                    "grant the metadata read too if you want doctor to check references; a run \
-                     does not need it",
+                    Verdict::Skip,
+                    format!(
+                        "not checked, for the reason given for secret `{}`",
+                        not_allowed.as_deref().unwrap_or_default()
+                    ),
                 ),
+                Ok(Probe::NotAllowed(d)) => {
+                    not_allowed = Some(s.path.to_string());
+                    report.add_hint(
+                        check,
+                        Verdict::Warn,
+                        format!("not checked: {d}"),
+                        "grant the metadata read too if you want doctor to check references; a \
+                         run does not need it",
+                    )
+                }
                 Ok(Probe::NoMetadata(d)) => report.add(check, Verdict::Skip, d),
                 Err(e) => report.add_hint(
                     check,

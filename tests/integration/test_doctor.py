@@ -252,3 +252,40 @@ def test_a_diagnosis_never_spends_a_single_use_secret_id(bao, outdir, credfile, 
                                   "--use-secret-id"]), capture_output=True, text=True, timeout=120)
     f = finding(json.loads(r.stdout), "identity `vault`")
     assert f["status"] == "ok" and "approle login" in f["detail"], f
+
+
+def test_least_privilege_says_once_why_the_secrets_are_not_checked(moto, imds_factory, outdir,
+                                                                    name, tmp_path):
+    """The documented node policy (GetSecretValue only): doctor may not describe the secrets.
+    The first says why, with the hint; the others point to it instead of repeating it."""
+    sm = moto.client("secretsmanager")
+    for s in ("a", "b", "c", "d"):
+        sm.create_secret(Name=f"{name}/{s}", SecretString=CANARY)
+    imds = imds_factory(role="node")
+    code, report, _ = doctor(aws_manifest(outdir, imds, moto, [
+        {"path": s, "ref": f"{name}/{s}"} for s in ("a", "b", "c", "d")]), tmp_path)
+    assert code == 0, report
+    warned = [c for c in report["checks"] if c["check"].startswith("secret ")
+              and c["status"] == "warn"]
+    assert len(warned) == 1 and warned[0]["check"] == "secret `a`", report
+    assert "DescribeSecret" in warned[0]["detail"] and "a run does not need it" in warned[0]["hint"]
+    for s in ("b", "c", "d"):
+        f = finding(report, f"secret `{s}`")
+        assert f["status"] == "skip" and \
+            f["detail"] == "not checked, for the reason given for secret `a`", f
+
+
+def test_off_any_cloud_doctor_says_so_not_another_cloud(moto, imds, outdir, name, tmp_path):
+    import pathlib
+    vendor = pathlib.Path("/sys/class/dmi/id/sys_vendor")
+    if vendor.exists() and vendor.read_text().strip() in ("Amazon EC2", "Microsoft Corporation",
+                                                          "Google"):
+        pytest.skip("this machine's DMI names a cloud: off a cloud cannot be shown here")
+    _, report, _ = doctor(aws_manifest(outdir, imds, moto, [{"path": "a", "ref": f"{name}/a"}]),
+                          tmp_path, cmdline="BOOT_IMAGE=/x root=/dev/vda")
+    p = finding(report, "platform")
+    assert p["status"] == "warn" and "this machine is on no cloud bootsecrets knows" in \
+        p["detail"], p
+    assert "backend `aws` uses the AWS instance identity" in p["detail"], p
+    assert "another cloud" not in p["hint"] and "run doctor on a node of that cloud" in \
+        p["hint"], p
