@@ -3,7 +3,10 @@ hint, the JSON form, and that it never reads or prints a value nor writes anythi
 
 import json
 import math
+import pathlib
 import subprocess
+
+import pytest
 
 from conftest import BIN, aws_manifest, azure_manifest, gcp_manifest, node_argv, vault_manifest
 
@@ -276,7 +279,6 @@ def test_least_privilege_says_once_why_the_secrets_are_not_checked(moto, imds_fa
 
 
 def test_off_any_cloud_doctor_says_so_not_another_cloud(moto, imds, outdir, name, tmp_path):
-    import pathlib
     vendor = pathlib.Path("/sys/class/dmi/id/sys_vendor")
     if vendor.exists() and vendor.read_text().strip() in ("Amazon EC2", "Microsoft Corporation",
                                                           "Google"):
