@@ -793,6 +793,26 @@ impl Plan {
     }
 
     /// The plan as `check` prints it: what would be written where, with which mode and owner.
+    /// `` yaml template of `a`, `b` ``: what template `i` is made from, for `check`, the log and
+    /// the status file.
+    pub fn template_source(&self, i: usize) -> String {
+        let t = &self.templates[i];
+        let uses: Vec<String> = t
+            .uses
+            .iter()
+            .map(|&u| format!("`{}`", self.secrets[u].path))
+            .collect();
+        format!(
+            "{} template of {}",
+            t.template.format.name(),
+            if uses.is_empty() {
+                "no secret".to_string()
+            } else {
+                uses.join(", ")
+            }
+        )
+    }
+
     pub fn describe(&self) -> String {
         let mut out = String::new();
         let root = &self.output_root;
@@ -854,7 +874,7 @@ impl Plan {
         if !self.templates.is_empty() {
             out += &format!("templates    {}\n", self.templates.len());
         }
-        for t in &self.templates {
+        for (i, t) in self.templates.iter().enumerate() {
             let mut extra = Vec::new();
             if t.optional {
                 extra.push("optional".to_string());
@@ -862,24 +882,14 @@ impl Plan {
             if let Some(p) = &t.unless_exists {
                 extra.push(format!("skipped when {} exists", p.display()));
             }
-            let uses: Vec<String> = t
-                .uses
-                .iter()
-                .map(|&i| format!("`{}`", self.secrets[i].path))
-                .collect();
             out += &format!(
-                "  {:04o} {}:{}  {}/{}  <- {} template of {}{}\n",
+                "  {:04o} {}:{}  {}/{}  <- {}{}\n",
                 t.mode,
                 t.owner,
                 t.group,
                 root.display(),
                 t.path,
-                t.template.format.name(),
-                if uses.is_empty() {
-                    "no secret".to_string()
-                } else {
-                    uses.join(", ")
-                },
+                self.template_source(i),
                 if extra.is_empty() {
                     String::new()
                 } else {

@@ -81,21 +81,26 @@ pub fn skipped(plan: &Plan) -> Vec<(usize, PathBuf)> {
         .enumerate()
         .filter_map(|(i, s)| {
             let p = s.unless_exists.as_ref()?;
-            match std::fs::metadata(p) {
-                Ok(_) => Some((i, p.clone())),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => {
-                    log::warn!(
-                        "secret `{}`: cannot tell whether {} exists ({}); fetching it",
-                        s.path,
-                        p.display(),
-                        crate::error::describe_io(&e)
-                    );
-                    None
-                }
-            }
+            exists_now(&format!("secret `{}`", s.path), p).then(|| (i, p.clone()))
         })
         .collect()
+}
+
+/// Whether an `unless_exists` path exists, as [`skipped`] decides it for `what` (a secret or a
+/// template): a path that cannot be examined counts as absent, with a warning.
+pub fn exists_now(what: &str, p: &std::path::Path) -> bool {
+    match std::fs::metadata(p) {
+        Ok(_) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => {
+            log::warn!(
+                "{what}: cannot tell whether {} exists ({}); it counts as absent",
+                p.display(),
+                crate::error::describe_io(&e)
+            );
+            false
+        }
+    }
 }
 
 /// A backend's state as the run's log tells it while its secrets are fetched: one warning when

@@ -346,7 +346,7 @@ fn log_publication(
             t.owner,
             t.group,
             r.value.len(),
-            templates::describe(plan, r.index)
+            plan.template_source(r.index)
         );
     }
     for (d, changed) in done.iter().zip(&publication.changed) {

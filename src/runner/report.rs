@@ -148,7 +148,7 @@ pub(super) fn status_of(
                     path: tp.path.to_string(),
                     backend: backends.into_iter().collect::<Vec<_>>().join(","),
                     backend_type: "template",
-                    reference: super::templates::describe(plan, t.index),
+                    reference: plan.template_source(t.index),
                     version: t.versions.clone(),
                     sha256: r.sha256.clone(),
                     size: t.value.len(),

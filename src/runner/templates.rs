@@ -42,7 +42,7 @@ pub fn render_all(plan: &Plan, done: &[Done]) -> Templates {
     let mut out = Templates::default();
     for (i, t) in plan.templates.iter().enumerate() {
         if let Some(p) = &t.unless_exists
-            && std::fs::metadata(p).is_ok()
+            && super::fetch::exists_now(&format!("template `{}`", t.path), p)
         {
             out.skipped.push((i, p.clone()));
             continue;
@@ -105,23 +105,4 @@ impl TemplateFailure {
             log::error!("{}", self.error);
         }
     }
-}
-
-/// `yaml template of `a`, `b``: what a template's status entry gives as its reference.
-pub fn describe(plan: &Plan, index: usize) -> String {
-    let t = &plan.templates[index];
-    let uses: Vec<String> = t
-        .uses
-        .iter()
-        .map(|&u| format!("`{}`", plan.secrets[u].path))
-        .collect();
-    format!(
-        "{} template of {}",
-        t.template.format.name(),
-        if uses.is_empty() {
-            "no secret".to_string()
-        } else {
-            uses.join(", ")
-        }
-    )
 }

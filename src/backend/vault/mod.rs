@@ -668,13 +668,10 @@ impl VaultBackend {
         *self
             .standing
             .get_or_init(|| async {
-                let what = "looking up the token after a denial (auth/token/lookup-self)";
-                match self.api.get("auth/token/lookup-self", what).await {
-                    Ok(r) if r.code == 200 => Standing::Valid,
-                    Ok(r) if r.code == 403 && token::invalid_token(&r.errors()) => {
-                        Standing::Invalid
-                    }
-                    _ => Standing::Unknown,
+                match token::known(&self.api).await {
+                    Some(true) => Standing::Valid,
+                    Some(false) => Standing::Invalid,
+                    None => Standing::Unknown,
                 }
             })
             .await

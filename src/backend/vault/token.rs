@@ -100,6 +100,17 @@ fn unknown(token_file: &str, api: &Api) -> FetchError {
     FetchError::permanent(invalid_message(token_file, api.base_url()))
 }
 
+/// Whether Vault knows the token, from one lookup attempt (its answer's status only): `None`
+/// when the lookup is not allowed or does not answer.
+pub async fn known(api: &Api) -> Option<bool> {
+    let what = "looking up the token after a denial (auth/token/lookup-self)";
+    match api.get("auth/token/lookup-self", what).await {
+        Ok(r) if r.code == 200 => Some(true),
+        Ok(r) if r.code == 403 && invalid_token(&r.errors()) => Some(false),
+        _ => None,
+    }
+}
+
 /// One lookup attempt (`auth/token/lookup-self`); the caller retries transient errors.
 pub async fn look_up(api: &Api, token_file: &str) -> Result<Lookup, FetchError> {
     let what = "looking up the token (auth/token/lookup-self)";
